@@ -1,0 +1,134 @@
+"""Samplers: each a small function from initial noise to an image batch.
+
+A sampler takes ``model(x_t, t) -> output`` with the conditioning already bound
+(see :func:`rcdm_cli.pipeline.model.RCDMModel.denoiser`), the (possibly respaced)
+diffusion, and the initial noise. All randomness comes from an explicit
+``torch.Generator``, so the same generator state gives the same samples. Progress is
+reported through ``callback(info)`` with ``info`` a dict holding ``step`` (1-based),
+``total``, ``t`` (the original timestep), ``x`` and ``pred_xstart``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from rcdm_cli.diffusion.gaussian import GaussianDiffusion, ModelFn, randn
+from rcdm_cli.errors import UsageError
+
+Callback = Callable[[dict], None]
+
+
+def _timesteps(diffusion: GaussianDiffusion, x: torch.Tensor):
+    for i in reversed(range(diffusion.num_timesteps)):
+        yield i, torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+
+
+def _report(callback: Callback | None, diffusion: GaussianDiffusion, k: int, i: int, x, pred_xstart) -> None:
+    if callback is not None:
+        callback(
+            {
+                "step": k,
+                "total": diffusion.num_timesteps,
+                "t": diffusion.timestep_map[i],
+                "x": x,
+                "pred_xstart": pred_xstart,
+            }
+        )
+
+
+def ddpm_step(
+    diffusion: GaussianDiffusion,
+    model_output: torch.Tensor,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor | None,
+    clip_denoised: bool = True,
+):
+    """One ancestral step x_t -> x_{t-1} with the model's (learned) variance.
+    Returns (x_{t-1}, predicted x_0). No noise is added at t = 0."""
+    out = diffusion.p_mean_variance(model_output, x, t, clip_denoised)
+    if noise is None:
+        return out.mean, out.pred_xstart
+    nonzero = (t != 0).float().reshape(-1, *([1] * (x.ndim - 1)))
+    return out.mean + nonzero * torch.exp(0.5 * out.log_variance) * noise, out.pred_xstart
+
+
+def ddim_step(
+    diffusion: GaussianDiffusion,
+    model_output: torch.Tensor,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
+    clip_denoised: bool = True,
+):
+    """One DDIM step x_t -> x_{t-1}; ``eta`` = 0 is deterministic, 1 matches DDPM's
+    marginals (then ``noise`` is the fresh noise for this step). Returns (x_{t-1},
+    predicted x_0)."""
+    out = diffusion.p_mean_variance(model_output, x, t, clip_denoised)
+    eps = diffusion.predict_eps_from_xstart(x, t, out.pred_xstart)
+    alpha_bar = diffusion.tables.get("alphas_cumprod", t, x.ndim)
+    alpha_bar_prev = diffusion.tables.get("alphas_cumprod_prev", t, x.ndim)
+    sigma = eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
+    x_prev = out.pred_xstart * torch.sqrt(alpha_bar_prev) + torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps
+    if noise is not None:
+        nonzero = (t != 0).float().reshape(-1, *([1] * (x.ndim - 1)))
+        x_prev = x_prev + nonzero * sigma * noise
+    return x_prev, out.pred_xstart
+
+
+@torch.no_grad()
+def sample_ddpm(
+    model: ModelFn,
+    diffusion: GaussianDiffusion,
+    noise: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    clip_denoised: bool = True,
+    callback: Callback | None = None,
+    eta: float | None = None,
+) -> torch.Tensor:
+    """Ancestral sampling, the original RCDM sampler (``--use_ddim False``)."""
+    if eta is not None:
+        raise UsageError("--eta applies to the DDIM sampler only")
+    x = noise
+    for k, (i, t) in enumerate(_timesteps(diffusion, x), start=1):
+        step_noise = randn(x.shape, generator, x.device) if i > 0 else None
+        x, pred_xstart = ddpm_step(diffusion, model(x, diffusion.model_timesteps(t)), x, t, step_noise, clip_denoised)
+        _report(callback, diffusion, k, i, x, pred_xstart)
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(
+    model: ModelFn,
+    diffusion: GaussianDiffusion,
+    noise: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    clip_denoised: bool = True,
+    callback: Callback | None = None,
+    eta: float | None = 0.0,
+) -> torch.Tensor:
+    """DDIM sampling; with eta = 0 the result is a deterministic function of the noise."""
+    eta = 0.0 if eta is None else float(eta)
+    if eta < 0:
+        raise UsageError(f"--eta must be >= 0, got {eta}")
+    x = noise
+    for k, (i, t) in enumerate(_timesteps(diffusion, x), start=1):
+        step_noise = randn(x.shape, generator, x.device) if eta > 0 and i > 0 else None
+        x, pred_xstart = ddim_step(diffusion, model(x, diffusion.model_timesteps(t)), x, t, eta, step_noise, clip_denoised)
+        _report(callback, diffusion, k, i, x, pred_xstart)
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddpm": sample_ddpm, "ddim": sample_ddim}
+
+
+def get_sampler(name: str) -> Callable[..., torch.Tensor]:
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise UsageError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}") from None

@@ -1,0 +1,27 @@
+"""The one error type for mistakes a user can fix.
+
+The CLI prints ``str(error)`` as a single line on stderr and exits with
+``error.exit_code``; a traceback is shown only with ``--debug``. Library code raises
+these wherever the cause is the user's input (a path, a name, a file's content), and
+lets genuine bugs surface as ordinary exceptions.
+"""
+
+from __future__ import annotations
+
+
+class RcdmError(Exception):
+    """Something went wrong while doing valid work: a corrupt file, a failed download."""
+
+    exit_code = 1
+
+
+class UsageError(RcdmError):
+    """The request itself is malformed or contradictory: a bad value, an unknown name."""
+
+    exit_code = 2
+
+
+EXIT_OK = 0
+EXIT_RUNTIME = RcdmError.exit_code
+EXIT_USAGE = UsageError.exit_code
+EXIT_INTERRUPTED = 130

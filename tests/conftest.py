@@ -1,0 +1,47 @@
+"""Shared fixtures: the reference vectors, tiny models, and a clean environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _reference_dir() -> Path:
+    env = os.environ.get("RCDM_REFERENCE_DIR")
+    return Path(env) if env else REPO.parent / "shared" / "reference"
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """``../shared/reference`` (numbers from the original implementation). CI sets
+    RCDM_REQUIRE_REFERENCE=1 so that a missing directory fails instead of skipping."""
+    path = _reference_dir()
+    if not path.is_dir():
+        if os.environ.get("RCDM_REQUIRE_REFERENCE") == "1":
+            pytest.fail(f"reference vectors not found at {path}")
+        pytest.skip(f"reference vectors not found at {path}")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty RCDM_HOME, so nothing touches the user's cache."""
+    home = tmp_path_factory.mktemp("rcdm_home")
+    monkeypatch.setenv("RCDM_HOME", str(home))
+    monkeypatch.delenv("RCDM_DEVICE", raising=False)
+    return home
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    torch.manual_seed(0)
+    yield
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
