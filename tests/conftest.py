@@ -45,3 +45,28 @@ def _deterministic_threads():
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def make_tiny_state(rep_dim: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Weights of the `tiny` preset with every parameter random (a zero-initialised
+    output layer would make every model look alike)."""
+    from rcdm_cli.diffusion import PRESETS, UNet
+
+    gen = torch.Generator().manual_seed(seed)
+    model = UNet(PRESETS["tiny"].unet.with_rep_dim(rep_dim))
+    return {k: torch.randn(v.shape, generator=gen) * 0.05 for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """An rcdm checkpoint of the `tiny` preset on 8-d representations, no encoder."""
+    from rcdm_cli.checkpoint.metadata import CheckpointMeta
+    from rcdm_cli.checkpoint.store import save_checkpoint
+    from rcdm_cli.diffusion import PRESETS
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    meta = CheckpointMeta(
+        unet=PRESETS["tiny"].unet.with_rep_dim(8), diffusion=PRESETS["tiny"].diffusion, source={"kind": "test"}
+    )
+    save_checkpoint(path, {"model": make_tiny_state(8)}, meta)
+    return path

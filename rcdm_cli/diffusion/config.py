@@ -342,11 +342,9 @@ def parse_official_flags(flags: str | Iterable[str], rep_dim: int | None = None)
     type_model: str | None = None
     use_head: bool | None = None
     ignored: list[str] = []
-    seen: set[str] = set()
+    # A repeated flag takes its last value, as with the original scripts' argparse, so
+    # that `$MODEL_FLAGS --num_channels 64` overrides.
     for name, raw in _tokenize(flags):
-        if name in seen:
-            raise UsageError(f"--{name} is given twice")
-        seen.add(name)
         kind = _MODEL_FLAGS.get(name) or _DIFFUSION_FLAGS.get(name) or _REPRESENTATION_FLAGS.get(name)
         if kind is None:
             if name in _SCRIPT_FLAGS:

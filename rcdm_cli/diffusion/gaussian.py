@@ -12,7 +12,7 @@ tensor, exactly like the original code, so results agree to float32 rounding.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -35,13 +35,20 @@ class PosteriorParams(NamedTuple):
     pred_xstart: torch.Tensor
 
 
-def randn(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
+def randn(shape, generator: torch.Generator | Sequence[torch.Generator] | None, device, dtype=torch.float32) -> torch.Tensor:
     """Standard normal noise drawn on the generator's device and moved to ``device``.
 
-    Drawing with a CPU generator makes a seed mean the same noise on every device.
+    Drawing with a CPU generator makes a seed mean the same noise on every device. A
+    sequence of generators draws row ``i`` of the batch from generator ``i``, so that
+    each sample's noise is independent of how samples are grouped into batches.
     """
-    gen_device = generator.device if generator is not None else torch.device(device)
-    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device, dtype)
+    if generator is None or isinstance(generator, torch.Generator):
+        gen_device = generator.device if generator is not None else torch.device(device)
+        return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device, dtype)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+    rows = [torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=torch.float32) for g in generator]
+    return torch.stack(rows).to(device, dtype)
 
 
 class _Tables:

@@ -3,14 +3,15 @@
 A sampler takes ``model(x_t, t) -> output`` with the conditioning already bound
 (see :func:`rcdm_cli.pipeline.model.RCDMModel.denoiser`), the (possibly respaced)
 diffusion, and the initial noise. All randomness comes from an explicit
-``torch.Generator``, so the same generator state gives the same samples. Progress is
+``torch.Generator`` (or one per sample), so the same generator state gives the
+same samples. Progress is
 reported through ``callback(info)`` with ``info`` a dict holding ``step`` (1-based),
 ``total``, ``t`` (the original timestep), ``x`` and ``pred_xstart``.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -85,7 +86,7 @@ def sample_ddpm(
     diffusion: GaussianDiffusion,
     noise: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     clip_denoised: bool = True,
     callback: Callback | None = None,
     eta: float | None = None,
@@ -107,7 +108,7 @@ def sample_ddim(
     diffusion: GaussianDiffusion,
     noise: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     clip_denoised: bool = True,
     callback: Callback | None = None,
     eta: float | None = 0.0,

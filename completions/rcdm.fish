@@ -1,0 +1,1 @@
+complete --command rcdm --no-files --arguments "(env _RCDM_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) rcdm)" --condition "env _RCDM_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) rcdm"

@@ -1,0 +1,111 @@
+"""The download cache for released weights.
+
+Files land in ``$RCDM_HOME`` (default: ``$XDG_CACHE_HOME/rcdm``, i.e. ``~/.cache/rcdm``).
+A download streams into ``<name>.part`` and is renamed into place only once its size
+matches the server's Content-Length (and its SHA-256, when one is known), so an
+interrupted download is never mistaken for a complete file. ``RCDM_OFFLINE=1`` forbids
+any network access. When a file cannot be fetched, the error names the URL and the exact
+path where a copy obtained elsewhere can be put.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+from rcdm_cli import __version__
+from rcdm_cli.errors import RcdmError
+
+Progress = Callable[[int, int | None], None]  # (bytes so far, total or None)
+_CHUNK = 1 << 20
+
+
+def rcdm_home() -> Path:
+    env = os.environ.get("RCDM_HOME")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "rcdm"
+
+
+def cache_path(*parts: str) -> Path:
+    return rcdm_home().joinpath(*parts)
+
+
+def offline() -> bool:
+    return os.environ.get("RCDM_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def sha256sum(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manual_hint(url: str, dest: Path) -> str:
+    return f"download {url} by other means and put it at {dest}"
+
+
+def download(
+    url: str,
+    dest: Path,
+    *,
+    sha256: str | None = None,
+    progress: Progress | None = None,
+    timeout: float = 30.0,
+) -> Path:
+    """Fetch ``url`` to ``dest`` unless a complete copy is already there."""
+    if dest.exists():
+        if sha256 and sha256sum(dest) != sha256:
+            raise RcdmError(
+                f"{dest} does not have the published SHA-256 {sha256}; delete it and retry, or "
+                + _manual_hint(url, dest)
+            )
+        return dest
+    if offline():
+        raise RcdmError(f"{dest} is not in the cache and RCDM_OFFLINE is set; " + _manual_hint(url, dest))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    request = urllib.request.Request(url, headers={"User-Agent": f"rcdm/{__version__}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response, open(part, "wb") as out:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            done = 0
+            digest = hashlib.sha256()
+            while True:
+                block = response.read(_CHUNK)
+                if not block:
+                    break
+                out.write(block)
+                digest.update(block)
+                done += len(block)
+                if progress:
+                    progress(done, total)
+        if total is not None and done != total:
+            raise RcdmError(f"download of {url} stopped after {done} of {total} bytes; retry, or " + _manual_hint(url, dest))
+        if sha256 and digest.hexdigest() != sha256:
+            raise RcdmError(f"download of {url} has SHA-256 {digest.hexdigest()}, expected {sha256}")
+        os.replace(part, dest)
+    except (urllib.error.URLError, socket.timeout, ConnectionError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise RcdmError(f"could not download {url} ({reason}); " + _manual_hint(url, dest)) from None
+    except http.client.HTTPException as exc:
+        raise RcdmError(
+            f"download of {url} was cut off ({type(exc).__name__}); retry, or " + _manual_hint(url, dest)
+        ) from None
+    except OSError as exc:
+        raise RcdmError(f"could not write {dest}: {exc.strerror or exc}") from None
+    finally:
+        if part.exists():
+            part.unlink()
+    return dest
+

@@ -1,0 +1,105 @@
+"""From what a user types after ``--checkpoint`` to weights and metadata.
+
+- ``released:NAME``: one of the paper's nine checkpoints, downloaded into the cache
+  on first use;
+- ``init:PRESET``: an untrained, randomly initialised model of a preset (smoke tests,
+  benchmarks, training from scratch);
+- a path to an rcdm ``.safetensors`` checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from rcdm_cli.checkpoint.download import Progress, cache_path, download
+from rcdm_cli.checkpoint.metadata import CheckpointMeta
+from rcdm_cli.checkpoint.official import check_state_dict, load_official_state_dict
+from rcdm_cli.checkpoint.released import get_released
+from rcdm_cli.checkpoint.store import load_checkpoint, read_meta
+from rcdm_cli.diffusion.config import get_preset
+from rcdm_cli.errors import UsageError
+
+# The width of a ResNet-50 trunk, the most common representation; used by `init:`
+# models when nothing else says which width to expect.
+DEFAULT_INIT_REP_DIM = 2048
+
+
+@dataclass
+class ResolvedCheckpoint:
+    """A checkpoint whose metadata is known; the weights are read (and, for released
+    checkpoints, downloaded) only by :meth:`load`, so that every option can be checked
+    against the metadata before any slow work starts."""
+
+    spec: str
+    meta: CheckpointMeta
+    path: Path | None
+    _loader: Callable[[Progress | None], dict[str, torch.Tensor] | None] = field(repr=False)
+    _state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    _loaded: bool = field(default=False, repr=False)
+
+    def load(self, progress: Progress | None = None) -> dict[str, torch.Tensor] | None:
+        """The weights (None for an ``init:`` model), checked against the metadata."""
+        if not self._loaded:
+            self._state = self._loader(progress)
+            self._loaded = True
+        return self._state
+
+    @property
+    def state(self) -> dict[str, torch.Tensor] | None:
+        return self.load()
+
+
+def released_path(name: str) -> Path:
+    return cache_path("checkpoints", get_released(name).filename)
+
+
+def resolve_checkpoint(spec: str, *, rep_dim: int | None = None, weights: str | None = None) -> ResolvedCheckpoint:
+    """Find what ``spec`` names and read its metadata (cheap). ``rep_dim`` sizes an
+    ``init:`` model's conditioning."""
+    if spec.startswith("released:"):
+        entry = get_released(spec[len("released:"):])
+        meta = entry.meta()
+        path = released_path(entry.name)
+
+        def load_released(progress):
+            download(entry.url, path, progress=progress)
+            state = load_official_state_dict(path)
+            check_state_dict(state, meta.unet, source=f"{path} ({spec})")
+            return state
+
+        return ResolvedCheckpoint(spec, meta, path, load_released)
+
+    if spec.startswith("init:"):
+        preset = get_preset(spec[len("init:"):])
+        meta = CheckpointMeta(
+            unet=preset.unet.with_rep_dim(rep_dim or DEFAULT_INIT_REP_DIM),
+            diffusion=preset.diffusion,
+            source={"kind": "init", "preset": preset.name},
+        )
+        return ResolvedCheckpoint(spec, meta, None, lambda progress: None)
+
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise UsageError(f"no such checkpoint: {spec} (expected a file, released:NAME or init:PRESET)")
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; expected an rcdm checkpoint file, released:NAME or init:PRESET")
+    if path.suffix in (".pt", ".pth"):
+        raise UsageError(
+            f"{path} is not an rcdm checkpoint; if it holds official RCDM weights, import it with "
+            f"`rcdm convert {path} --flags \"...\" -o model.safetensors`"
+        )
+    meta = read_meta(path)
+    set_name = weights or meta.default_weights
+    if set_name not in meta.weight_sets:
+        raise UsageError(f"{path} has no weight set {set_name!r}; it has: {', '.join(meta.weight_sets)}")
+
+    def load_file(progress):
+        _, state = load_checkpoint(path, weights=set_name)
+        check_state_dict(state, meta.unet, source=str(path))
+        return state
+
+    return ResolvedCheckpoint(spec, meta, path, load_file)

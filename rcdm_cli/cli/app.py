@@ -1,0 +1,98 @@
+"""The ``rcdm`` command: global options, the commands, and the error convention.
+
+Exit codes: 0 success, 1 a runtime failure (corrupt file, failed download, ...),
+2 a usage error (bad option, unknown name, missing input), 130 interrupted.
+Errors print one line on stderr; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Optional
+
+import typer
+
+from rcdm_cli import __version__
+from rcdm_cli.cli import convert as convert_cmd
+from rcdm_cli.cli import sample as sample_cmd
+from rcdm_cli.cli.console import err, settings, setup_logging
+from rcdm_cli.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, RcdmError
+
+app = typer.Typer(
+    name="rcdm",
+    help="See what an image representation knows: sample, interpolate and probe images with "
+    "representation-conditional diffusion (RCDM).",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"rcdm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    device: Optional[str] = typer.Option(
+        None, "--device", envvar="RCDM_DEVICE", help="auto, cpu, cuda, cuda:N or mps (default: auto)."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logging."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    settings.device = device
+    settings.debug = debug
+    settings.quiet = quiet
+    setup_logging(debug, quiet)
+
+
+app.command("sample", no_args_is_help=False)(sample_cmd.sample)
+app.command("convert", no_args_is_help=True)(convert_cmd.convert)
+
+
+# Typer has shipped click both as a dependency and vendored; reach its exception
+# classes through a public name so both work.
+_CLICK_ERRORS = {c.__name__: c for c in typer.BadParameter.__mro__}
+_ClickUsageError = _CLICK_ERRORS["UsageError"]
+_ClickException = _CLICK_ERRORS["ClickException"]
+
+
+def _fail(message: str, code: int) -> int:
+    err.print(f"rcdm: error: {message}", markup=False, highlight=False, soft_wrap=True)
+    return code
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (used by ``main`` and by tests)."""
+    settings.debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="rcdm", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except typer.Exit as exc:
+        return exc.exit_code
+    except _ClickUsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        return _fail(exc.format_message() + hint, EXIT_USAGE)
+    except (typer.Abort, KeyboardInterrupt):
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    except RcdmError as exc:
+        if settings.debug:
+            traceback.print_exc()
+        return _fail(str(exc), exc.exit_code)
+    except _ClickException as exc:
+        return _fail(exc.format_message(), exc.exit_code)
+    except Exception as exc:  # a bug: say so in one line, the traceback with --debug
+        if settings.debug:
+            traceback.print_exc()
+            return _fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_RUNTIME)
+        return _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", EXIT_RUNTIME)
+
+
+def main() -> None:
+    sys.exit(run())

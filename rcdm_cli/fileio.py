@@ -1,0 +1,55 @@
+"""Writing files so that a reader never sees half of one.
+
+Everything is written to a temporary name in the destination's folder and renamed
+into place once complete; an interrupted or failed write leaves the previous file (if
+any) untouched and no temporary behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from rcdm_cli.errors import RcdmError, UsageError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        raise RcdmError(f"could not write {path}: {exc.strerror or exc}") from exc
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def check_writable(paths: list[Path], overwrite: bool) -> None:
+    """Refuse, before any work starts, to replace existing files without ``overwrite``."""
+    if overwrite:
+        return
+    existing = [p for p in paths if p.exists()]
+    if existing:
+        what = f"{existing[0]} and {len(existing) - 1} more output files already exist" if len(existing) > 1 else f"{existing[0]} already exists"
+        raise UsageError(f"{what}; pass --overwrite to replace them")

@@ -1,0 +1,148 @@
+"""Drawing samples from representations.
+
+Every sample (conditioning vector ``j``, sample ``k``) has its own random stream,
+seeded from ``(seed, j, k)``: a sample does not change when the batch size, the
+number of samples or the other inputs of the run change, and a seed means the same
+noise on a CPU and on a GPU.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from rcdm_cli.checkpoint.metadata import CheckpointMeta
+from rcdm_cli.diffusion.gaussian import GaussianDiffusion, randn
+from rcdm_cli.diffusion.samplers import get_sampler
+from rcdm_cli.errors import UsageError
+from rcdm_cli.pipeline.model import RCDMModel
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    sampler: str = "ddpm"
+    steps: str = "100"
+    eta: float | None = None
+    seed: int = 0
+    batch_size: int = 16
+    clip_denoised: bool = True
+
+    def to_dict(self) -> dict:
+        return {
+            "sampler": self.sampler,
+            "steps": self.steps,
+            "eta": self.eta,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "clip_denoised": self.clip_denoised,
+        }
+
+
+@dataclass
+class SampleBatchProgress:
+    batch: int
+    batches: int
+    step: int
+    steps: int
+
+
+@dataclass
+class SampleResult:
+    samples: torch.Tensor  # (num_reps, n, 3, H, W) in [-1, 1], on the CPU
+    seconds: float
+    seeds: list[list[int]] = field(default_factory=list)
+
+
+def sample_seed(seed: int, rep_index: int, sample_index: int) -> int:
+    """The seed of one sample's random stream, mixed so nearby seeds are unrelated."""
+    state = np.random.SeedSequence([seed, rep_index, sample_index]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 32 | int(state[1])
+
+
+def load_noise(noise: torch.Tensor, n: int, image_size: int) -> torch.Tensor:
+    """Check a user-supplied initial noise: n x 3 x H x W, or 1 x 3 x H x W to broadcast."""
+    shape = tuple(noise.shape)
+    if noise.ndim != 4 or shape[1:] != (3, image_size, image_size) or shape[0] not in (1, n):
+        raise UsageError(
+            f"initial noise must have shape {n}x3x{image_size}x{image_size} or 1x3x{image_size}x{image_size}, "
+            f"got {'x'.join(map(str, shape))}"
+        )
+    if not torch.isfinite(noise).all():
+        raise UsageError("initial noise contains NaN or infinite values")
+    return noise.float().expand(n, -1, -1, -1)
+
+
+def check_request(meta: CheckpointMeta, reps: torch.Tensor | None, n: int, options: SamplingOptions) -> GaussianDiffusion:
+    """Every check that needs only the metadata, so a bad request fails before the
+    weights are loaded; returns the respaced diffusion."""
+    if n <= 0:
+        raise UsageError(f"the number of samples must be positive, got {n}")
+    if options.batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {options.batch_size}")
+    get_sampler(options.sampler)
+    if options.eta is not None and options.sampler != "ddim":
+        raise UsageError("--eta applies to the DDIM sampler only")
+    if reps is not None:
+        check_reps(reps, meta.rep_dim)
+    return GaussianDiffusion.from_config(meta.diffusion, respacing=options.steps or "")
+
+
+def check_reps(reps: torch.Tensor, rep_dim: int | None) -> torch.Tensor:
+    if reps.ndim != 2:
+        raise UsageError(f"representations must be a 2-D array (one row per vector), got shape {tuple(reps.shape)}")
+    if reps.shape[1] != rep_dim:
+        raise UsageError(f"the model is conditioned on {rep_dim}-d representations, got {reps.shape[1]}-d vectors")
+    if not torch.isfinite(reps).all():
+        raise UsageError("representations contain NaN or infinite values")
+    return reps.float()
+
+
+def sample_representations(
+    model: RCDMModel,
+    reps: torch.Tensor,
+    n: int,
+    options: SamplingOptions,
+    *,
+    noise: torch.Tensor | None = None,
+    progress: Callable[[SampleBatchProgress], None] | None = None,
+) -> SampleResult:
+    """Draw ``n`` samples for each row of ``reps``; returns images in [-1, 1]."""
+    diffusion = check_request(model.meta, reps, n, options)
+    reps = reps.float()
+    size = model.image_size
+    if noise is not None:
+        noise = load_noise(noise, n, size)
+    sampler = get_sampler(options.sampler)
+
+    jobs = [(j, k) for j in range(reps.shape[0]) for k in range(n)]
+    seeds = [[sample_seed(options.seed, j, k) for k in range(n)] for j in range(reps.shape[0])]
+    out = torch.empty(reps.shape[0], n, 3, size, size)
+    batches = [jobs[i : i + options.batch_size] for i in range(0, len(jobs), options.batch_size)]
+    start = time.perf_counter()
+    for b, batch in enumerate(batches):
+        generators = [torch.Generator().manual_seed(seeds[j][k]) for j, k in batch]
+        x_T = randn((len(batch), 3, size, size), generators, model.device)
+        if noise is not None:
+            x_T = torch.stack([noise[k] for _, k in batch]).to(model.device)
+        batch_reps = reps[[j for j, _ in batch]]
+
+        def report(info: dict, b=b) -> None:
+            if progress is not None:
+                progress(SampleBatchProgress(b + 1, len(batches), info["step"], info["total"]))
+
+        x0 = sampler(
+            model.denoiser(batch_reps),
+            diffusion,
+            x_T,
+            generator=generators,
+            clip_denoised=options.clip_denoised,
+            callback=report,
+            eta=options.eta,
+        )
+        for (j, k), img in zip(batch, x0.float().cpu()):
+            out[j, k] = img
+    return SampleResult(out.clamp(-1, 1), time.perf_counter() - start, seeds)

@@ -1,0 +1,64 @@
+"""Reading arrays that users bring: representation vectors and initial noise, from
+``.safetensors``, ``.npy`` or ``.pt`` files."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from rcdm_cli.errors import RcdmError, UsageError
+from rcdm_cli.fileio import atomic_path
+
+SUFFIXES = (".safetensors", ".npy", ".pt", ".pth")
+
+
+def _pick(tensors: dict[str, torch.Tensor], path: Path, preferred: tuple[str, ...]) -> torch.Tensor:
+    for key in preferred:
+        if key in tensors:
+            return tensors[key]
+    if len(tensors) == 1:
+        return next(iter(tensors.values()))
+    raise UsageError(
+        f"{path} holds several tensors ({', '.join(sorted(tensors))}); name one of them "
+        f"{' or '.join(repr(k) for k in preferred)}"
+    )
+
+
+def load_tensor(path: str | Path, preferred: tuple[str, ...] = ()) -> torch.Tensor:
+    """One float tensor from a file; several tensors in a file are told apart by name."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no such file: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            tensor = _pick(load_file(str(path)), path, preferred)
+        elif suffix == ".npy":
+            tensor = torch.from_numpy(np.load(path, allow_pickle=False))
+        elif suffix in (".pt", ".pth"):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(obj, dict):
+                obj = _pick({k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, path, preferred)
+            if not isinstance(obj, torch.Tensor):
+                raise UsageError(f"{path} does not hold a tensor")
+            tensor = obj
+        else:
+            raise UsageError(f"{path}: unsupported file type {suffix!r}; use {', '.join(SUFFIXES)}")
+    except (SafetensorError, pickle.UnpicklingError, ValueError, RuntimeError, EOFError, OSError) as exc:
+        if isinstance(exc, UsageError):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RcdmError(f"could not read {path}: {first}") from None
+    if not (tensor.is_floating_point() or tensor.dtype in (torch.int32, torch.int64)):
+        raise UsageError(f"{path} holds {tensor.dtype} values, expected numbers")
+    return tensor.float()
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)

@@ -1,0 +1,167 @@
+"""The command line: outputs, reproducibility and the error convention."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from rcdm_cli.checkpoint.resolve import resolve_checkpoint
+from rcdm_cli.cli.app import run
+from rcdm_cli.pipeline.model import RCDMModel
+from rcdm_cli.pipeline.sampling import SamplingOptions, sample_representations
+
+
+def rcdm(capsys, *args):
+    code = run([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _sample_args(ckpt, out, *extra):
+    return ["sample", "-c", ckpt, "--rep", "random:2", "-n", "3", "--steps", "ddim4", "--sampler", "ddim", "--out", out, *extra]
+
+
+def test_sample_writes_pngs_grids_and_manifest(capsys, tiny_checkpoint, tmp_path):
+    code, out, err = rcdm(capsys, *_sample_args(tiny_checkpoint, tmp_path / "s", "--json", "--save-tensors"))
+    assert code == 0, err
+    manifest = json.loads(out)
+    assert manifest == json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert len(manifest["outputs"]) == 2
+    for entry in manifest["outputs"]:
+        assert len(entry["samples"]) == 3 and len(set(entry["seeds"])) == 3
+        for path in entry["samples"]:
+            assert Image.open(path).size == (32, 32)
+        grid = Image.open(entry["grid"])
+        assert grid.width > 3 * 96  # three enlarged tiles side by side
+    assert manifest["checkpoint"]["sha256"] and manifest["sampling"]["network_calls"] == 4
+    tensors = load_file(str(tmp_path / "s" / "samples.safetensors"))
+    assert tensors["samples"].shape == (2, 3, 3, 32, 32) and tensors["reps"].shape == (2, 8)
+    assert tensors["samples"].abs().max() <= 1
+    # the PNGs are the tensors, quantised
+    png = np.asarray(Image.open(manifest["outputs"][1]["samples"][2]))
+    expected = ((tensors["samples"][1, 2] + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.array_equal(png, expected)
+
+
+def test_same_seed_same_images_other_seed_other_images(capsys, tiny_checkpoint, tmp_path):
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        code, _, err = rcdm(capsys, *_sample_args(tiny_checkpoint, tmp_path / name, "--seed", seed, "--sampler", "ddpm"))
+        assert code == 0, err
+    read = lambda d: (tmp_path / d / "rep-001" / "sample-002.png").read_bytes()
+    assert read("a") == read("b")
+    assert read("a") != read("c")
+
+
+def test_samples_do_not_depend_on_batch_size(tiny_checkpoint):
+    model = RCDMModel.from_checkpoint(resolve_checkpoint(str(tiny_checkpoint)))
+    reps = torch.randn(2, 8)
+    a = sample_representations(model, reps, 3, SamplingOptions(sampler="ddpm", steps="5", batch_size=6)).samples
+    b = sample_representations(model, reps, 3, SamplingOptions(sampler="ddpm", steps="5", batch_size=4)).samples
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".safetensors", ".pt"])
+def test_rep_and_noise_files_give_exactly_what_the_engine_gives(capsys, tiny_checkpoint, tmp_path, suffix):
+    reps = torch.randn(2, 8)
+    noise = torch.randn(1, 3, 32, 32)
+    rep_file = tmp_path / f"reps{suffix}"
+    if suffix == ".npy":
+        np.save(rep_file, reps.numpy())
+    elif suffix == ".safetensors":
+        save_file({"reps": reps}, str(rep_file))
+    else:
+        torch.save(reps, rep_file)
+    noise_file = tmp_path / "noise.safetensors"
+    save_file({"noise": noise}, str(noise_file))
+    code, _, err = rcdm(
+        capsys, "sample", "-c", tiny_checkpoint, "--rep", rep_file, "--noise", noise_file, "-n", "2",
+        "--sampler", "ddim", "--steps", "ddim5", "--out", tmp_path / "o", "--save-tensors",
+    )
+    assert code == 0, err
+    got = load_file(str(tmp_path / "o" / "samples.safetensors"))["samples"]
+    model = RCDMModel.from_checkpoint(resolve_checkpoint(str(tiny_checkpoint)))
+    expected = sample_representations(
+        model, reps, 2, SamplingOptions(sampler="ddim", steps="ddim5"), noise=noise
+    ).samples
+    assert torch.equal(got, expected)
+    assert torch.allclose(got[0, 0], got[0, 1])  # broadcast noise + DDIM eta 0: identical
+
+
+def test_existing_outputs_are_kept_without_overwrite(capsys, tiny_checkpoint, tmp_path):
+    assert rcdm(capsys, *_sample_args(tiny_checkpoint, tmp_path / "s"))[0] == 0
+    before = (tmp_path / "s" / "manifest.json").read_bytes()
+    code, _, err = rcdm(capsys, *_sample_args(tiny_checkpoint, tmp_path / "s", "--seed", "5"))
+    assert code == 2 and "already exist" in err and "--overwrite" in err
+    assert (tmp_path / "s" / "manifest.json").read_bytes() == before
+    assert rcdm(capsys, *_sample_args(tiny_checkpoint, tmp_path / "s", "--seed", "5", "--overwrite"))[0] == 0
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["sample", "-c", "nope.safetensors", "--rep", "random"], 2, "no such checkpoint"),
+        (["sample", "-c", "init:tiny", "--rep", "random:x"], 2, "random:K"),
+        (["sample", "-c", "init:tiny", "--rep", "random", "--steps", "ddim7x"], 2, "bad step spec"),
+        (["sample", "-c", "init:tiny", "--rep", "random", "--sampler", "euler"], 2, "unknown sampler 'euler'"),
+        (["sample", "-c", "init:tiny", "--rep", "random", "-n", "0"], 2, "must be positive"),
+        (["sample", "-c", "init:huge", "--rep", "random"], 2, "unknown preset"),
+        (["sample", "-c", "released:dino-neck", "--rep", "random"], 2, "unknown released checkpoint"),
+        (["sample", "--rep", "random"], 2, "--checkpoint"),
+        (["--device", "tpu", "sample", "-c", "init:tiny", "--rep", "random"], 2, "device"),
+        (["frobnicate"], 2, "No such command"),
+        (["convert", "missing.pt", "-o", "x.safetensors"], 2, "no such file"),
+    ],
+)
+def test_errors_are_one_line_with_the_right_exit_code(capsys, tmp_path, monkeypatch, args, code, message):
+    monkeypatch.chdir(tmp_path)
+    got, out, err = rcdm(capsys, *args)
+    assert got == code
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rcdm: error:") and message in lines[0], err
+    assert "Traceback" not in err and out == ""
+
+
+def test_wrong_representation_width(capsys, tiny_checkpoint, tmp_path):
+    np.save(tmp_path / "r.npy", np.zeros((1, 5), dtype=np.float32))
+    code, _, err = rcdm(capsys, "sample", "-c", tiny_checkpoint, "--rep", tmp_path / "r.npy", "--out", tmp_path / "o")
+    assert code == 2 and "8-d representations, got 5-d" in err
+
+
+def test_corrupt_checkpoint_is_a_runtime_error_and_debug_shows_the_traceback(capsys, tiny_checkpoint, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(tiny_checkpoint.read_bytes()[:4000])
+    code, _, err = rcdm(capsys, "sample", "-c", bad, "--rep", "random", "--out", tmp_path / "o")
+    assert code == 1 and "truncated or corrupt" in err and "Traceback" not in err
+    code, _, err = rcdm(capsys, "--debug", "sample", "-c", bad, "--rep", "random", "--out", tmp_path / "o")
+    assert code == 1 and "Traceback" in err
+
+
+def test_convert_command(capsys, reference_dir, tmp_path):
+    from safetensors.torch import load_file as lf
+
+    tensors = lf(str(reference_dir / "official-unet-tiny.safetensors"))
+    torch.save({k[11:]: v for k, v in tensors.items() if k.startswith("state_dict.")}, tmp_path / "o.pt")
+    flags = (
+        "--image_size 32 --num_channels 32 --num_res_blocks 1 --channel_mult 1,2,2 --attention_resolutions 16,8 "
+        "--num_heads 4 --learn_sigma True --resblock_updown True --use_scale_shift_norm True"
+    )
+    code, out, err = rcdm(capsys, "convert", tmp_path / "o.pt", "--flags", flags, "-o", tmp_path / "m.safetensors", "--json")
+    assert code == 0, err
+    assert json.loads(out)["meta"]["unet"]["rep_dim"] == 64
+    code, _, err = rcdm(capsys, "convert", tmp_path / "o.pt", "--flags", flags, "-o", tmp_path / "m.safetensors")
+    assert code == 2 and "already exists" in err
+
+
+def test_quiet_prints_nothing_on_success(capsys, tiny_checkpoint, tmp_path):
+    code, out, err = rcdm(capsys, "--quiet", *_sample_args(tiny_checkpoint, tmp_path / "s"))
+    assert code == 0 and out == "" and err == ""
+
+
+def test_python_dash_m_and_version():
+    proc = subprocess.run([sys.executable, "-m", "rcdm_cli", "--version"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("rcdm ")

@@ -1,0 +1,25 @@
+from pathlib import Path
+
+import pytest
+
+from rcdm_cli.cli.completion import SHELLS, completion_script
+
+FOLDER = Path(__file__).resolve().parents[1] / "completions"
+
+
+@pytest.mark.parametrize("shell", list(SHELLS))
+def test_checked_in_completion_scripts_are_current(shell):
+    assert (FOLDER / SHELLS[shell]).read_text() == completion_script(shell), (
+        "regenerate with: python -m rcdm_cli.cli.completion completions"
+    )
+
+
+def test_completion_callback_lists_commands(monkeypatch, capsys):
+    from rcdm_cli.cli.app import run
+
+    monkeypatch.setenv("_RCDM_COMPLETE", "complete_bash")
+    monkeypatch.setenv("COMP_WORDS", "rcdm con")
+    monkeypatch.setenv("COMP_CWORD", "1")
+    with pytest.raises(SystemExit):  # completion mode answers and exits
+        run([])
+    assert "convert" in capsys.readouterr().out.split()
