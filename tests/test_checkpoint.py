@@ -168,6 +168,7 @@ def test_convert_records_encoder_from_options_or_flags(reference_dir, tmp_path):
     enc = read_meta(tmp_path / "b.safetensors").encoder
     assert (enc.name, enc.layer, enc.rep_dim) == ("myenc", "head", 64)
     assert enc.preprocessing["size"] == 224 and enc.preprocessing["mean"] == [0.5] * 3
+    assert enc.preprocessing["resize"] == "adm"
 
 
 def test_convert_half_precision(reference_dir, tmp_path):

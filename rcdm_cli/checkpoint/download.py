@@ -59,10 +59,15 @@ def download(
     dest: Path,
     *,
     sha256: str | None = None,
+    sha256_prefix: str | None = None,
     progress: Progress | None = None,
     timeout: float = 30.0,
 ) -> Path:
-    """Fetch ``url`` to ``dest`` unless a complete copy is already there."""
+    """Fetch ``url`` to ``dest`` unless a complete copy is already there.
+
+    ``sha256`` is the file's full digest; ``sha256_prefix`` its first hex digits, as
+    torch hub file names carry them. Either is checked after downloading.
+    """
     if dest.exists():
         if sha256 and sha256sum(dest) != sha256:
             raise RcdmError(
@@ -94,6 +99,8 @@ def download(
             raise RcdmError(f"download of {url} stopped after {done} of {total} bytes; retry, or " + _manual_hint(url, dest))
         if sha256 and digest.hexdigest() != sha256:
             raise RcdmError(f"download of {url} has SHA-256 {digest.hexdigest()}, expected {sha256}")
+        if sha256_prefix and not digest.hexdigest().startswith(sha256_prefix):
+            raise RcdmError(f"download of {url} has SHA-256 {digest.hexdigest()}, expected {sha256_prefix}...")
         os.replace(part, dest)
     except (urllib.error.URLError, socket.timeout, ConnectionError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)

@@ -15,19 +15,14 @@ from typing import Any
 from rcdm_cli import __version__
 from rcdm_cli.diffusion.config import DiffusionConfig, UNetConfig
 from rcdm_cli.errors import RcdmError
+from rcdm_cli.preprocessing import RCDM
 
 FORMAT_NAME = "rcdm"
 FORMAT_VERSION = 1
 
 # The scaling the released models' representations were computed with: the image
-# resized (short side) and centre-cropped to 224x224, then mapped to [-1, 1].
-RCDM_PREPROCESSING: dict[str, Any] = {
-    "name": "rcdm",
-    "size": 224,
-    "crop": "center",
-    "mean": [0.5, 0.5, 0.5],
-    "std": [0.5, 0.5, 0.5],
-}
+# centre-cropped to 224x224 (guided-diffusion's crop), then mapped to [-1, 1].
+RCDM_PREPROCESSING: dict[str, Any] = RCDM.to_dict()
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from rcdm_cli.diffusion.config import UNetConfig
 from rcdm_cli.diffusion.unet import UNet
 from rcdm_cli.errors import RcdmError, UsageError
+from rcdm_cli.statedict import expected_shapes, fmt_shape, state_dict_problems
 
 _WRAPPER_KEYS = ("state_dict", "model", "ema", "module")
 
@@ -82,10 +83,6 @@ def infer_rep_dim(state: dict[str, torch.Tensor]) -> int | None:
     return None if weight is None else int(weight.shape[1])
 
 
-def _fmt_shape(shape) -> str:
-    return "[" + ", ".join(str(s) for s in shape) + "]"
-
-
 def check_state_dict(state: dict[str, torch.Tensor], config: UNetConfig, *, source: str = "the checkpoint") -> None:
     """Refuse weights that do not fit ``config`` exactly, naming what does not fit."""
     file_rep = infer_rep_dim(state)
@@ -96,22 +93,11 @@ def check_state_dict(state: dict[str, torch.Tensor], config: UNetConfig, *, sour
             raise RcdmError(f"{source} is conditioned on {file_rep}-d representations; the configuration is unconditional")
         raise RcdmError(
             f"{source} was trained on {file_rep}-d representations "
-            f"(ssl_emb.weight is {_fmt_shape(state['ssl_emb.weight'].shape)}), not {config.rep_dim}-d"
+            f"(ssl_emb.weight is {fmt_shape(state['ssl_emb.weight'].shape)}), not {config.rep_dim}-d"
         )
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in UNet(config).state_dict().items()}
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [
-        f"{k} is {_fmt_shape(state[k].shape)}, expected {_fmt_shape(expected[k])}"
-        for k in expected
-        if k in state and tuple(state[k].shape) != expected[k]
-    ]
-    problems = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", mismatched)):
-        if items:
-            shown = "; ".join(items[:3]) + (f"; and {len(items) - 3} more" if len(items) > 3 else "")
-            problems.append(f"{len(items)} {label} ({shown})")
+        expected = expected_shapes(UNet(config))
+    problems = state_dict_problems(expected, state)
     if problems:
         raise RcdmError(f"{source} does not fit the configuration: " + ", ".join(problems))
     for k, v in state.items():

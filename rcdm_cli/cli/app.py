@@ -15,6 +15,7 @@ import typer
 
 from rcdm_cli import __version__
 from rcdm_cli.cli import convert as convert_cmd
+from rcdm_cli.cli import encoders as encoders_cmd
 from rcdm_cli.cli import sample as sample_cmd
 from rcdm_cli.cli.console import err, settings, setup_logging
 from rcdm_cli.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, RcdmError
@@ -53,6 +54,8 @@ def _global_options(
 
 app.command("sample", no_args_is_help=False)(sample_cmd.sample)
 app.command("convert", no_args_is_help=True)(convert_cmd.convert)
+app.command("encoders")(encoders_cmd.encoders)
+app.command("encode", no_args_is_help=True)(encoders_cmd.encode)
 
 
 # Typer has shipped click both as a dependency and vendored; reach its exception

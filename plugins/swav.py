@@ -1,0 +1,1 @@
+"""Encoders of the swav family (being written)."""

@@ -1,0 +1,85 @@
+"""Supervised ImageNet ResNet-50 (torchvision's weights) and an untrained ResNet-50.
+
+``supervised`` is the encoder of the released ``supervised`` RCDM model, which used
+torchvision's original (V1) weights; V2 (the improved training recipe) is
+``supervised@v2``. ``random`` is the paper's untrained baseline: a ResNet-50 with
+PyTorch's default initialisation from a fixed seed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rcdm_cli.encoders import (
+    BuildRequest,
+    EncoderSpec,
+    Preprocessing,
+    ResNetWithHeads,
+    WeightSource,
+    hookimpl,
+    load_strict,
+    load_torch_file,
+    rename_keys,
+    resnet50_trunk,
+)
+
+TORCHVISION_LICENSE = "BSD-3-Clause (torchvision)"
+
+V1 = WeightSource(
+    name="v1",
+    url="https://download.pytorch.org/models/resnet50-0676ba61.pth",
+    license=TORCHVISION_LICENSE,
+    description="torchvision IMAGENET1K_V1 (76.1% top-1), the weights RCDM used",
+    sha256_prefix="0676ba61",
+)
+V2 = WeightSource(
+    name="v2",
+    url="https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+    license=TORCHVISION_LICENSE,
+    description="torchvision IMAGENET1K_V2 (80.9% top-1)",
+    sha256_prefix="11ad3fa6",
+    preprocessing=Preprocessing("imagenet-232", resize_to=232),
+)
+
+RESNET_LAYERS = {
+    "backbone": (2048, "global-average-pooled layer4 features"),
+    "layer3": (1024, "global-average-pooled layer3 features"),
+}
+
+
+def build_supervised(request: BuildRequest) -> nn.Module:
+    net = ResNetWithHeads(resnet50_trunk(), heads={"logits": nn.Linear(2048, 1000)})
+    if request.weights_path is not None:
+        state = load_torch_file(request.weights_path)
+        if not isinstance(state, dict):
+            raise TypeError("torchvision weights are a plain state dict")
+        load_strict(net, rename_keys(state, [("fc.", "heads.logits."), ("", "trunk.")]), str(request.weights_path))
+    return net
+
+
+def build_random(request: BuildRequest) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(request.seed)
+        return ResNetWithHeads(resnet50_trunk())
+
+
+@hookimpl
+def register_encoders(register):
+    register(
+        EncoderSpec(
+            name="supervised",
+            description="ResNet-50 trained with ImageNet labels (torchvision)",
+            build=build_supervised,
+            layers={**RESNET_LAYERS, "logits": (1000, "ImageNet class logits")},
+            weights=(V1, V2),
+        )
+    )
+    register(
+        EncoderSpec(
+            name="random",
+            description="untrained ResNet-50, default PyTorch initialisation from seed 0 (the paper's baseline)",
+            build=build_random,
+            layers=dict(RESNET_LAYERS),
+        )
+    )

@@ -1,0 +1,113 @@
+"""``rcdm encoders`` (what is installed) and ``rcdm encode`` (images to vectors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from rcdm_cli.cli.console import log, print_json, settings
+
+
+def encoders(
+    json_out: bool = typer.Option(False, "--json", help="Print the list as JSON on stdout."),
+) -> None:
+    """List the installed encoders: layers, input, weights and licences, plugin."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rcdm_cli.encoders import get_registry
+
+    registry = get_registry()
+    rows = registry.catalog()
+    if json_out:
+        print_json({"encoders": rows, "failed_plugins": registry.failed})
+        return
+    table = Table(show_lines=True)
+    for column in ("encoder", "layers", "input", "weights (licence)", "plugin"):
+        table.add_column(column)
+    for row in rows:
+        layers = "\n".join(f"{k}: {v['dim']}" + (" *" if k == row["default_layer"] else "") for k, v in row["layers"].items())
+        weights = "\n".join(
+            f"{w['name']}{' *' if w['default'] else ''} ({w['license']})" for w in row["weights"]
+        ) or "none"
+        table.add_row(
+            f"[bold]{row['name']}[/bold]\n{row['description']}",
+            layers or "per model",
+            row["preprocessing_description"] if not row["family"] else "per model",
+            weights,
+            row["plugin"],
+        )
+    Console().print(table)  # the listing is the result: stdout
+    for name, problem in registry.failed.items():
+        log.warning("plugin %s failed to load: %s", name, problem)
+
+
+def encode(
+    images: List[str] = typer.Argument(..., help="Image files, folders, globs, or - to read paths from stdin."),
+    encoder: str = typer.Option(..., "--encoder", "-e", help="Encoder name (see `rcdm encoders`)."),
+    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Layer (default: the encoder's default)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="A local weights file instead of the download."),
+    preprocessing: str = typer.Option("native", "--preprocessing", help="native, or rcdm (224x224 in [-1, 1], as the released models)."),
+    output: Path = typer.Option(Path("reps.safetensors"), "--output", "-o", help="Where to write the vectors (.safetensors or .npy)."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    json_out: bool = typer.Option(False, "--json", help="Print a summary as JSON on stdout."),
+) -> None:
+    """Compute representations of images and save them (one row per image).
+
+    The file can be given to `rcdm sample --rep`.
+    """
+    import json
+
+    import numpy as np
+    import torch
+
+    from rcdm_cli import __version__
+    from rcdm_cli.cli.downloads import download_progress
+    from rcdm_cli.devices import resolve_device
+    from rcdm_cli.encoders import get_registry
+    from rcdm_cli.errors import UsageError
+    from rcdm_cli.fileio import atomic_path, check_writable
+    from rcdm_cli.inputs import expand_inputs, load_image
+    from rcdm_cli.tensorfile import save_tensors
+
+    if output.suffix not in (".safetensors", ".npy"):
+        raise UsageError(f"--output must end in .safetensors or .npy, got {output.name}")
+    if batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    paths = expand_inputs(images)
+    registry = get_registry()
+    layers, _ = registry.layers(encoder)
+    chosen = layer or registry.get(encoder)[0].spec.default_layer
+    if chosen not in layers:
+        raise UsageError(f"encoder {encoder!r} has no layer {chosen!r}; it has: {', '.join(layers)}")
+    check_writable([output], overwrite)
+
+    device = resolve_device(settings.device)
+    model = registry.create(encoder, weights_path=weights, preprocessing=preprocessing, device=device, progress=download_progress())
+    reps = []
+    for i in range(0, len(paths), batch_size):
+        batch = [load_image(p) for p in paths[i : i + batch_size]]
+        reps.append(model.encode(batch, chosen).cpu())
+    reps_t = torch.cat(reps)
+    info = {
+        "encoder": model.name,
+        "layer": chosen,
+        "weights": model.weights_id,
+        "weights_file": model.weights_file,
+        "preprocessing": model.preprocessing.to_dict(),
+        "images": [str(p) for p in paths],
+        "rcdm_version": __version__,
+    }
+    if output.suffix == ".npy":
+        with atomic_path(output) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, reps_t.numpy())
+    else:
+        save_tensors(output, {"reps": reps_t}, {"rcdm": json.dumps(info)})
+    summary = {"output": str(output), "count": len(paths), "dim": int(reps_t.shape[1]), **info}
+    if json_out:
+        print_json(summary)
+    log.info("wrote %d %d-d representations (%s/%s) to %s", len(paths), reps_t.shape[1], model.name, chosen, output)

@@ -1,0 +1,56 @@
+"""Encoders: the plugin host and the public API plugins are written against.
+
+A plugin (built-in or third-party) registers :class:`EncoderSpec` objects through the
+``register_encoders`` hook; :func:`create_encoder` builds one by name.
+"""
+
+from rcdm_cli.encoders.encoder import Encoder
+from rcdm_cli.encoders.hooks import ENTRY_POINT_GROUP, hookimpl
+from rcdm_cli.encoders.nets import ResNetWithHeads, global_pool, mlp, resnet50_trunk, resnet_stages
+from rcdm_cli.encoders.registry import EncoderName, EncoderRegistry, create_encoder, get_registry, reset_registry
+from rcdm_cli.encoders.spec import BuildRequest, EncoderSpec, WeightSource
+from rcdm_cli.encoders.weights import (
+    encoder_cache_dir,
+    fetch_weights,
+    load_numpy_pickle,
+    load_strict,
+    load_torch_file,
+    rename_keys,
+    strip_prefix,
+    subtree,
+    tensors_only,
+)
+from rcdm_cli.preprocessing import IMAGENET, IMAGENET_MEAN, IMAGENET_STD, RCDM, Preprocessing
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "IMAGENET",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "RCDM",
+    "BuildRequest",
+    "Encoder",
+    "EncoderName",
+    "EncoderRegistry",
+    "EncoderSpec",
+    "Preprocessing",
+    "ResNetWithHeads",
+    "WeightSource",
+    "create_encoder",
+    "encoder_cache_dir",
+    "fetch_weights",
+    "get_registry",
+    "global_pool",
+    "hookimpl",
+    "load_numpy_pickle",
+    "load_strict",
+    "load_torch_file",
+    "mlp",
+    "rename_keys",
+    "reset_registry",
+    "resnet50_trunk",
+    "resnet_stages",
+    "strip_prefix",
+    "subtree",
+    "tensors_only",
+]

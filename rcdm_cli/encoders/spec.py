@@ -1,0 +1,84 @@
+"""What a plugin declares about an encoder, before anything is built or downloaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+from torch import nn
+
+from rcdm_cli.preprocessing import IMAGENET, Preprocessing
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """One published weight file: where it is, under what licence, what it holds.
+
+    ``sha256`` (or torch hub's ``sha256_prefix``, the hex digits some file names carry)
+    is checked after download. ``preprocessing`` overrides the encoder's native one
+    when these weights were evaluated differently.
+    """
+
+    name: str
+    url: str | None
+    license: str
+    description: str = ""
+    filename: str | None = None
+    sha256: str | None = None
+    sha256_prefix: str | None = None
+    notes: str = ""
+    preprocessing: Preprocessing | None = None
+
+    @property
+    def file_name(self) -> str | None:
+        if self.filename:
+            return self.filename
+        return self.url.rsplit("/", 1)[-1] if self.url else None
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What the host hands a plugin's ``build``: the weights to load (a local file,
+    already downloaded; None for encoders without published weights), which published
+    source they follow, the argument of a family name (``timm:<argument>``), and a seed
+    for anything random."""
+
+    weights_path: Path | None
+    source: WeightSource | None
+    argument: str | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """An encoder as registered by a plugin.
+
+    ``build(request)`` returns an ``nn.Module`` whose ``forward(x, layer)`` maps a
+    batch of *normalised* images (B, 3, S, S) to the representation at ``layer``
+    (B, dim). ``layers`` maps each layer name to its width and a one-line description.
+    ``weights`` lists the published weight files; the first is the default, others are
+    chosen with ``NAME@WEIGHTS``. A *family* (``family=True``) is used as
+    ``NAME:ARGUMENT`` (``timm:convnext_tiny``); its ``describe(argument)`` returns the
+    layers and native preprocessing of one member.
+    """
+
+    name: str
+    description: str
+    build: Callable[[BuildRequest], nn.Module]
+    layers: Mapping[str, tuple[int, str]] = field(default_factory=dict)
+    weights: tuple[WeightSource, ...] = ()
+    preprocessing: Preprocessing = IMAGENET
+    default_layer: str = "backbone"
+    family: bool = False
+    describe: Callable[[str], tuple[Mapping[str, tuple[int, str]], Preprocessing]] | None = None
+
+    def weight_source(self, variant: str | None) -> WeightSource | None:
+        if not self.weights:
+            return None
+        if variant is None:
+            return self.weights[0]
+        for source in self.weights:
+            if source.name == variant:
+                return source
+        return None

@@ -1,0 +1,78 @@
+"""Image inputs: files, folders (searched recursively), glob patterns, or ``-`` for
+paths on standard input, one per line; and reading them with clear errors."""
+
+from __future__ import annotations
+
+import glob
+import sys
+from pathlib import Path
+from typing import Iterable, TextIO
+
+from PIL import Image, UnidentifiedImageError
+
+from rcdm_cli.errors import RcdmError, UsageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Every image file under ``folder``, in sorted order (hidden files skipped)."""
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and is_image_path(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def expand_inputs(items: Iterable[str], stdin: TextIO | None = None) -> list[Path]:
+    """Resolve the command line's image arguments, in order, keeping duplicates out."""
+    paths: list[Path] = []
+    for item in items:
+        if item == "-":
+            stream = stdin or sys.stdin
+            lines = [line.strip() for line in stream.read().splitlines()]
+            paths.extend(_expand_one(line) for line in lines if line)
+            continue
+        paths.append(_expand_one(item))
+    flat: list[Path] = []
+    seen: set[Path] = set()
+    for entry in paths:
+        for p in entry if isinstance(entry, list) else [entry]:
+            if p not in seen:
+                seen.add(p)
+                flat.append(p)
+    if not flat:
+        raise UsageError("no input images given")
+    return flat
+
+
+def _expand_one(item: str) -> Path | list[Path]:
+    path = Path(item).expanduser()
+    if path.is_dir():
+        found = list_images(path)
+        if not found:
+            raise UsageError(f"{path} contains no images ({', '.join(IMAGE_SUFFIXES)})")
+        return found
+    if path.is_file():
+        return path
+    if any(ch in item for ch in "*?["):
+        matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True) if Path(m).is_file())
+        if not matches:
+            raise UsageError(f"no files match {item!r}")
+        return matches
+    raise UsageError(f"no such image: {item}")
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """An RGB image; a missing file is a usage error, an unreadable one a runtime error."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"no such image: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise RcdmError(f"cannot read image {path}: {exc}") from None
