@@ -82,3 +82,72 @@ def write_samples(
         sample_paths.append(paths)
         grid_paths.append(str(layout.grid_path(j)))
     return {"samples": sample_paths, "grids": grid_paths}
+
+
+@dataclass
+class StripLayout:
+    """Interpolation output: ``frames/row-R/frame-F.png``, ``strip.png`` (one row per
+    noise, the two end images framing the path) and an optional animation."""
+
+    out: Path
+    frames: int
+    rows: int
+    animation: str | None = None
+
+    def frame_path(self, row: int, frame: int) -> Path:
+        return self.out / "frames" / f"row-{row:02d}" / f"frame-{frame:03d}.png"
+
+    @property
+    def strip_path(self) -> Path:
+        return self.out / "strip.png"
+
+    @property
+    def animation_path(self) -> Path | None:
+        return self.out / f"interpolation.{self.animation}" if self.animation else None
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.out / "manifest.json"
+
+    def planned(self) -> list[Path]:
+        paths = [self.frame_path(r, f) for r in range(self.rows) for f in range(self.frames)]
+        paths += [self.strip_path, self.manifest_path]
+        if self.animation_path:
+            paths.append(self.animation_path)
+        return paths
+
+
+def write_strip(
+    layout: StripLayout, samples: torch.Tensor, ends: tuple[Image.Image, Image.Image], positions: list[float]
+) -> dict:
+    """``samples`` is (frames, rows, 3, H, W). Returns the written paths."""
+    from rcdm_cli.fileio import write_bytes
+
+    tiles, labels = [], []
+    frames_written: list[list[str]] = []
+    for r in range(layout.rows):
+        tiles.append(ends[0])
+        labels.append("A")
+        row_paths = []
+        for f in range(layout.frames):
+            image = to_pil(samples[f, r])
+            save_png(image, layout.frame_path(r, f))
+            row_paths.append(str(layout.frame_path(r, f)))
+            tiles.append(image)
+            labels.append(f"t={positions[f]:.2f}")
+        tiles.append(ends[1])
+        labels.append("B")
+        frames_written.append(row_paths)
+    save_png(make_grid(tiles, labels, columns=layout.frames + 2), layout.strip_path)
+    written = {"frames": frames_written, "strip": str(layout.strip_path), "animation": None}
+    if layout.animation_path is not None:
+        sequence = [to_pil(samples[f, 0]) for f in range(layout.frames)]
+        sequence = sequence + sequence[-2:0:-1]  # there and back again, for a seamless loop
+        import io
+
+        buf = io.BytesIO()
+        fmt = "GIF" if layout.animation == "gif" else "WEBP"
+        sequence[0].save(buf, format=fmt, save_all=True, append_images=sequence[1:], duration=150, loop=0)
+        write_bytes(layout.animation_path, buf.getvalue())
+        written["animation"] = str(layout.animation_path)
+    return written

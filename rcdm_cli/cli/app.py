@@ -14,8 +14,10 @@ from typing import Optional
 import typer
 
 from rcdm_cli import __version__
+from rcdm_cli.cli import arith as arith_cmd
 from rcdm_cli.cli import convert as convert_cmd
 from rcdm_cli.cli import encoders as encoders_cmd
+from rcdm_cli.cli import interpolate as interpolate_cmd
 from rcdm_cli.cli import sample as sample_cmd
 from rcdm_cli.cli.console import err, settings, setup_logging
 from rcdm_cli.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, RcdmError
@@ -52,7 +54,9 @@ def _global_options(
     setup_logging(debug, quiet)
 
 
-app.command("sample", no_args_is_help=False)(sample_cmd.sample)
+app.command("sample", no_args_is_help=True)(sample_cmd.sample)
+app.command("interpolate", no_args_is_help=True)(interpolate_cmd.interpolate)
+app.command("arith", no_args_is_help=True)(arith_cmd.arith)
 app.command("convert", no_args_is_help=True)(convert_cmd.convert)
 app.command("encoders")(encoders_cmd.encoders)
 app.command("encode", no_args_is_help=True)(encoders_cmd.encode)

@@ -1,15 +1,15 @@
-"""``rcdm sample``: draw images from an RCDM conditioned on representations."""
+"""``rcdm sample``: draw images from an RCDM conditioned on images or on vectors."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from rcdm_cli import __version__
-from rcdm_cli.cli.console import StepProgress, log, print_json, settings, status
+from rcdm_cli.cli.console import log, print_json, settings
 from rcdm_cli.cli.downloads import download_progress
 from rcdm_cli.errors import UsageError
 
@@ -29,109 +29,129 @@ def parse_random_rep(spec: str) -> int | None:
     return None
 
 
+# Options shared by the commands that sample (sample, interpolate, arith, attack).
+CHECKPOINT = typer.Option(
+    None, "--checkpoint", "-c",
+    help="released:NAME, init:PRESET, or an rcdm checkpoint file (default: the released model of --encoder/--layer).",
+)
+ENCODER = typer.Option(None, "--encoder", "-e", help="Encoder (default: the one the checkpoint was trained on).")
+LAYER = typer.Option(None, "--layer", "-l", help="Encoder layer (default: the checkpoint's).")
+WEIGHTS = typer.Option(None, "--weights", help="A local file of the encoder's weights instead of the download.")
+PREPROCESSING = typer.Option(
+    None, "--preprocessing", help="native or rcdm, for models whose metadata does not fix it."
+)
+SAMPLER = typer.Option("ddpm", "--sampler", help="ddpm (ancestral, as the original) or ddim.")
+STEPS = typer.Option("100", "--steps", help="Sampling steps in the official respacing syntax: 100, ddim25, 10,15,20.")
+ETA = typer.Option(None, "--eta", help="DDIM noise (0 = deterministic; DDIM only).")
+SEED = typer.Option(0, "--seed", help="Seed of every random stream of the run.")
+BATCH = typer.Option(16, "--batch-size", "-b", help="Images per network call.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace existing output files.")
+JSON = typer.Option(False, "--json", help="Print the manifest as JSON on stdout.")
+
+
 def sample(
-    checkpoint: str = typer.Option(
-        ..., "--checkpoint", "-c", help="released:NAME, init:PRESET, or an rcdm .safetensors file."
+    images: Optional[List[str]] = typer.Argument(
+        None, help="Conditioning images: files, folders, globs, or - to read paths from stdin."
     ),
-    rep: str = typer.Option(
-        ...,
+    checkpoint: Optional[str] = CHECKPOINT,
+    encoder: Optional[str] = ENCODER,
+    layer: Optional[str] = LAYER,
+    weights: Optional[Path] = WEIGHTS,
+    preprocessing: Optional[str] = PREPROCESSING,
+    rep: Optional[str] = typer.Option(
+        None,
         "--rep",
-        help="Representation vectors to condition on: a .safetensors/.npy/.pt file (one row per vector), "
+        help="Condition on vectors instead of images: a .safetensors/.npy/.pt file (one row per vector), "
         "or random[:K] for K standard-normal vectors.",
     ),
-    n: int = typer.Option(16, "-n", "--num-samples", help="Samples per representation."),
-    sampler: str = typer.Option("ddpm", "--sampler", help="ddpm (ancestral, as the original) or ddim."),
-    steps: str = typer.Option("100", "--steps", help="Sampling steps in the official respacing syntax: 100, ddim25, 10,15,20."),
-    eta: Optional[float] = typer.Option(None, "--eta", help="DDIM noise (0 = deterministic; DDIM only)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of every random stream of the run."),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", help="Images per network call."),
+    n: int = typer.Option(16, "-n", "--num-samples", help="Samples per input."),
+    sampler: str = SAMPLER,
+    steps: str = STEPS,
+    eta: Optional[float] = ETA,
+    seed: int = SEED,
+    batch_size: int = BATCH,
     noise: Optional[Path] = typer.Option(None, "--noise", help="Initial noise file, n x 3 x H x W or 1 x 3 x H x W."),
     out: Path = typer.Option(Path("samples"), "--out", "-o", help="Output folder."),
     save_tensors_: bool = typer.Option(False, "--save-tensors", help="Also write the raw samples in [-1, 1] as safetensors."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
-    json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout."),
+    overwrite: bool = OVERWRITE,
+    json_out: bool = JSON,
 ) -> None:
-    """Draw samples conditioned on representation vectors.
+    """Draw samples conditioned on the representations of images (or on vectors).
 
-    Writes every sample as a PNG, one labelled grid per vector, and manifest.json.
+    For each input: every sample as a PNG, a labelled grid (the input first), and a
+    manifest.json for the whole run.
     """
     import torch
 
-    from rcdm_cli.checkpoint.hashing import file_sha256
-    from rcdm_cli.checkpoint.resolve import resolve_checkpoint
+    from rcdm_cli.cli.common import encode_with_status, sample_with_progress
     from rcdm_cli.devices import resolve_device
     from rcdm_cli.fileio import check_writable, write_json
-    from rcdm_cli.outputs import SampleLayout, write_samples
-    from rcdm_cli.pipeline.model import RCDMModel
-    from rcdm_cli.pipeline.sampling import SamplingOptions, check_request, load_noise, sample_representations
+    from rcdm_cli.imaging import to_pil
+    from rcdm_cli.inputs import expand_inputs, load_image
+    from rcdm_cli.outputs import SampleLayout, unique_names, write_samples
+    from rcdm_cli.pipeline.runner import RCDMRun
+    from rcdm_cli.pipeline.sampling import SamplingOptions, load_noise
+    from rcdm_cli.preprocessing import diffusion_target
     from rcdm_cli.tensorfile import load_tensor, save_tensors
 
-    random_count = parse_random_rep(rep)
-    reps = None
-    if random_count is None:
-        reps = load_tensor(rep, preferred=("reps", "rep", "representations"))
-        if reps.ndim == 1:
-            reps = reps[None]
-    noise_tensor = load_tensor(noise, preferred=("noise",)) if noise is not None else None
-    device = resolve_device(settings.device)
+    if images and rep:
+        raise UsageError("give conditioning images or --rep, not both")
+    if not images and not rep:
+        raise UsageError("give conditioning images (files, folders, globs or -) or --rep")
+    if rep and (encoder or layer or weights or preprocessing):
+        raise UsageError("--encoder, --layer, --weights and --preprocessing apply to image inputs, not to --rep")
 
-    # Everything that can be checked from the metadata is checked before loading.
-    ckpt = resolve_checkpoint(checkpoint, rep_dim=reps.shape[1] if reps is not None else None)
+    # 1. Everything that can be checked without loading weights is checked first.
+    inputs = expand_inputs(images) if images else []
+    random_count = parse_random_rep(rep) if rep else None
+    reps = None
+    if rep and random_count is None:
+        reps = load_tensor(rep, preferred=("reps", "rep", "representations"))
+        reps = reps[None] if reps.ndim == 1 else reps
+    run = RCDMRun.prepare(
+        checkpoint=checkpoint, encoder=encoder, layer=layer, weights=weights, preprocessing=preprocessing,
+        device=resolve_device(settings.device), images=bool(inputs),
+        rep_dim=reps.shape[1] if reps is not None else None, download_progress=download_progress(),
+    )
     options = SamplingOptions(sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size)
-    diffusion = check_request(ckpt.meta, reps, n, options)
-    if noise_tensor is not None:
-        load_noise(noise_tensor, n, ckpt.meta.image_size)
-    if reps is None:
-        reps = torch.randn(random_count, ckpt.meta.rep_dim, generator=torch.Generator().manual_seed(seed))
-    names = [f"rep-{j:03d}" for j in range(reps.shape[0])]
+    diffusion = run.check(reps, n, options)
+    noise_tensor = load_noise(load_tensor(noise, preferred=("noise",)), n, run.meta.image_size) if noise else None
+    pictures = [load_image(p) for p in inputs]  # unreadable images fail here, before any work
+    if inputs:
+        names = unique_names([p.stem for p in inputs])
+    else:
+        names = [f"rep-{j:03d}" for j in range(reps.shape[0] if reps is not None else random_count)]
     layout = SampleLayout(out, names, n)
     check_writable(layout.planned(save_tensors_), overwrite)
 
-    t0 = time.perf_counter()
-    with status(f"loading {checkpoint}"):
-        model = RCDMModel.from_checkpoint(ckpt, device, progress=download_progress())
-    load_seconds = time.perf_counter() - t0
-
+    # 2. Representations, then samples.
+    if inputs:
+        reps = encode_with_status(run, pictures, batch_size)
+    elif reps is None:
+        reps = torch.randn(random_count, run.meta.rep_dim, generator=torch.Generator().manual_seed(seed))
+    result = sample_with_progress(run, reps, n, options, diffusion.num_timesteps, noise=noise_tensor)
     total_images = reps.shape[0] * n
-    batches = -(-total_images // batch_size)
-    with StepProgress(f"sampling {total_images} images", batches * diffusion.num_timesteps) as bar:
-        result = sample_representations(
-            model,
-            reps,
-            n,
-            options,
-            noise=noise_tensor,
-            progress=lambda p: bar.update(
-                (p.batch - 1) * p.steps + p.step, f"batch {p.batch}/{p.batches}, step {p.step}/{p.steps}"
-            ),
-        )
-    written = write_samples(layout, result.samples)
+    shown = [to_pil(diffusion_target(im, run.meta.image_size)) for im in pictures] if pictures else None
+    written = write_samples(layout, result.samples, conditioning=shown)
     if save_tensors_:
         save_tensors(layout.tensors_path, {"samples": result.samples, "reps": reps}, {"rcdm": __version__})
 
     manifest = {
         "command": "sample",
         "rcdm_version": __version__,
-        "checkpoint": {
-            "spec": checkpoint,
-            "path": str(ckpt.path) if ckpt.path else None,
-            "sha256": file_sha256(ckpt.path) if ckpt.path else None,
-            "description": ckpt.meta.describe(),
-            "source": ckpt.meta.source,
-        },
-        "encoder": ckpt.meta.encoder.to_dict() if ckpt.meta.encoder else None,
-        "representations": {"source": rep, "count": int(reps.shape[0]), "dim": int(reps.shape[1])},
+        "checkpoint": run.checkpoint_info(),
+        "encoder": run.encoder_info(),
+        "inputs": [str(p) for p in inputs] if inputs else {"rep": rep, "count": int(reps.shape[0])},
         "n": n,
-        "image_size": model.image_size,
+        "image_size": run.meta.image_size,
         "sampling": {**options.to_dict(), "noise": str(noise) if noise else None, "network_calls": diffusion.num_timesteps},
-        "device": str(device),
+        "device": str(run.device),
         "outputs": [
             {"name": name, "grid": written["grids"][j], "samples": written["samples"][j], "seeds": result.seeds[j]}
             for j, name in enumerate(names)
         ],
         "tensors": str(layout.tensors_path) if save_tensors_ else None,
         "timings": {
-            "load_seconds": round(load_seconds, 3),
             "sample_seconds": round(result.seconds, 3),
             "seconds_per_image": round(result.seconds / total_images, 4),
         },
@@ -140,6 +160,6 @@ def sample(
     if json_out:
         print_json(manifest)
     log.info(
-        "wrote %d samples (%d grid(s)) to %s in %.1f s; manifest: %s",
+        "wrote %d samples and %d grid(s) to %s in %.1f s; manifest: %s",
         total_images, len(names), out, result.seconds, layout.manifest_path,
     )

@@ -108,9 +108,15 @@ def sample_representations(
     options: SamplingOptions,
     *,
     noise: torch.Tensor | None = None,
+    same_noise: bool = False,
     progress: Callable[[SampleBatchProgress], None] | None = None,
 ) -> SampleResult:
-    """Draw ``n`` samples for each row of ``reps``; returns images in [-1, 1]."""
+    """Draw ``n`` samples for each row of ``reps``; returns images in [-1, 1].
+
+    With ``same_noise`` every row uses the same n random streams (initial and
+    per-step noise), so that differences between rows come from the representation
+    alone (interpolation paths, arithmetic variants).
+    """
     diffusion = check_request(model.meta, reps, n, options)
     reps = reps.float()
     size = model.image_size
@@ -119,7 +125,7 @@ def sample_representations(
     sampler = get_sampler(options.sampler)
 
     jobs = [(j, k) for j in range(reps.shape[0]) for k in range(n)]
-    seeds = [[sample_seed(options.seed, j, k) for k in range(n)] for j in range(reps.shape[0])]
+    seeds = [[sample_seed(options.seed, 0 if same_noise else j, k) for k in range(n)] for j in range(reps.shape[0])]
     out = torch.empty(reps.shape[0], n, 3, size, size)
     batches = [jobs[i : i + options.batch_size] for i in range(0, len(jobs), options.batch_size)]
     start = time.perf_counter()

@@ -1,0 +1,131 @@
+"""Which representation conditions a model, decided before any work starts.
+
+A checkpoint whose metadata names an encoder and layer is used with exactly that
+representation, computed with the preprocessing recorded in the metadata (so a
+released model gets the [-1, 1]-scaled 224x224 input it was trained on). Options
+that contradict the metadata are errors, not overrides. A model without an encoder
+in its metadata (converted with no --encoder, or ``init:``) takes the encoder named on
+the command line, at the native preprocessing unless told otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rcdm_cli.checkpoint.download import Progress
+from rcdm_cli.checkpoint.metadata import CheckpointMeta
+from rcdm_cli.checkpoint.released import find_released
+from rcdm_cli.encoders import Encoder, EncoderName, Preprocessing, get_registry
+from rcdm_cli.encoders.registry import resolve_preprocessing
+from rcdm_cli.errors import UsageError
+
+
+@dataclass(frozen=True)
+class ConditioningPlan:
+    """An encoder, a layer and a preprocessing, checked against a checkpoint."""
+
+    encoder: str  # NAME[@WEIGHTS] or FAMILY:MODEL
+    layer: str
+    rep_dim: int
+    preprocessing: Preprocessing
+    weights_path: Path | None = None
+
+    def build(self, device: torch.device | str = "cpu", progress: Progress | None = None) -> Encoder:
+        return get_registry().create(
+            self.encoder, weights_path=self.weights_path, preprocessing=self.preprocessing, device=device, progress=progress
+        )
+
+    def describe(self) -> dict:
+        return {
+            "encoder": self.encoder,
+            "layer": self.layer,
+            "rep_dim": self.rep_dim,
+            "preprocessing": self.preprocessing.to_dict(),
+            "weights_file": str(self.weights_path) if self.weights_path else None,
+        }
+
+
+def default_checkpoint(encoder: str | None, layer: str | None) -> str:
+    """The released checkpoint for an encoder and layer, when no --checkpoint is given."""
+    if encoder is None:
+        raise UsageError("give --checkpoint, or --encoder and --layer of a released model (e.g. --encoder dino --layer head)")
+    base = EncoderName.parse(encoder).base
+    layer = layer or "backbone"
+    released = find_released(base, layer)
+    if released is None:
+        raise UsageError(
+            f"no released RCDM model for {base}/{layer}; pass --checkpoint (a model trained with "
+            "`rcdm train`, a converted file, or init:PRESET)"
+        )
+    return f"released:{released.name}"
+
+
+def plan_conditioning(
+    meta: CheckpointMeta,
+    *,
+    encoder: str | None = None,
+    layer: str | None = None,
+    weights_path: str | Path | None = None,
+    preprocessing: str | None = None,
+) -> ConditioningPlan:
+    registry = get_registry()
+    recorded = meta.encoder
+    if recorded is not None:
+        if encoder is not None:
+            given = EncoderName.parse(encoder)
+            if given.base != EncoderName.parse(recorded.name).base or (
+                given.variant and recorded.weights and given.variant != recorded.weights
+            ):
+                raise UsageError(
+                    f"the model was trained on {recorded.name}/{recorded.layer} representations; "
+                    f"--encoder {encoder} contradicts it (leave --encoder out)"
+                )
+        if layer is not None and layer != recorded.layer:
+            raise UsageError(
+                f"the model was trained on the {recorded.layer!r} layer of {recorded.name}; "
+                f"--layer {layer} contradicts it (leave --layer out)"
+            )
+        if preprocessing is not None and preprocessing != "rcdm" and recorded.preprocessing.get("name") == "rcdm":
+            raise UsageError(
+                f"the model was trained on representations of {Preprocessing.from_dict(recorded.preprocessing).describe()} "
+                f"inputs; --preprocessing {preprocessing} contradicts it"
+            )
+        name = recorded.name
+        if recorded.weights and not EncoderName.parse(name).variant:
+            if registry.get(name)[0].spec.weight_source(recorded.weights) is None:
+                raise UsageError(
+                    f"the model was trained with {name}'s {recorded.weights!r} weights, which the installed "
+                    f"{name} encoder does not provide"
+                )
+            name = f"{name}@{recorded.weights}"
+        chosen_layer = recorded.layer
+        chosen_pre = Preprocessing.from_dict(recorded.preprocessing)
+    else:
+        if encoder is None:
+            raise UsageError(
+                "the model's metadata names no encoder: give --encoder and --layer, or condition on vectors with --rep"
+            )
+        name = encoder
+        entry, parsed = registry.get(encoder)
+        chosen_layer = layer or entry.spec.default_layer
+        _, native = registry.layers(parsed)
+        source = entry.spec.weight_source(parsed.variant)
+        if source is not None and source.preprocessing is not None:
+            native = source.preprocessing
+        chosen_pre = resolve_preprocessing(preprocessing or "native", native)
+
+    layers, _ = registry.layers(name)
+    if chosen_layer not in layers:
+        raise UsageError(f"encoder {name!r} has no layer {chosen_layer!r}; it has: {', '.join(layers)}")
+    dim = layers[chosen_layer][0]
+    if meta.rep_dim != dim:
+        raise UsageError(
+            f"{name}/{chosen_layer} gives {dim}-d representations but the model is conditioned on {meta.rep_dim}-d ones"
+        )
+    path = Path(weights_path).expanduser() if weights_path is not None else None
+    if path is not None and not path.is_file():
+        raise UsageError(f"no such weights file: {path}")
+    return ConditioningPlan(name, chosen_layer, dim, chosen_pre, path)

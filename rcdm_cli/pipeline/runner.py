@@ -1,0 +1,117 @@
+"""One generation run: a checkpoint, the representation that conditions it, and
+sampling, shared by ``sample``, ``interpolate``, ``arith`` and ``attack``.
+
+``prepare`` does every check that needs only metadata; the encoder and the model
+are built (and downloaded) on first use, in that order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+
+from rcdm_cli.checkpoint.download import Progress
+from rcdm_cli.checkpoint.hashing import file_sha256
+from rcdm_cli.checkpoint.resolve import ResolvedCheckpoint, resolve_checkpoint
+from rcdm_cli.encoders import Encoder, get_registry
+from rcdm_cli.pipeline.conditioning import ConditioningPlan, default_checkpoint, plan_conditioning
+from rcdm_cli.pipeline.model import RCDMModel
+from rcdm_cli.pipeline.sampling import SampleBatchProgress, SampleResult, SamplingOptions, check_request, sample_representations
+
+
+@dataclass
+class RCDMRun:
+    spec: str
+    checkpoint: ResolvedCheckpoint
+    plan: ConditioningPlan | None
+    device: torch.device
+    download_progress: Progress | None = None
+    _encoder: Encoder | None = field(default=None, repr=False)
+    _model: RCDMModel | None = field(default=None, repr=False)
+
+    @classmethod
+    def prepare(
+        cls,
+        *,
+        checkpoint: str | None,
+        encoder: str | None = None,
+        layer: str | None = None,
+        weights: str | None = None,
+        preprocessing: str | None = None,
+        device: torch.device | str = "cpu",
+        images: bool = True,
+        rep_dim: int | None = None,
+        download_progress: Progress | None = None,
+    ) -> "RCDMRun":
+        """Resolve the checkpoint and, when images will be encoded, the encoder."""
+        spec = checkpoint or default_checkpoint(encoder, layer)
+        if images and rep_dim is None and encoder and spec.startswith("init:"):
+            registry = get_registry()
+            layers, _ = registry.layers(encoder)
+            chosen = layer or registry.get(encoder)[0].spec.default_layer
+            rep_dim = layers[chosen][0] if chosen in layers else None
+        ckpt = resolve_checkpoint(spec, rep_dim=rep_dim)
+        plan = (
+            plan_conditioning(ckpt.meta, encoder=encoder, layer=layer, weights_path=weights, preprocessing=preprocessing)
+            if images
+            else None
+        )
+        return cls(spec, ckpt, plan, torch.device(device), download_progress)
+
+    @property
+    def meta(self):
+        return self.checkpoint.meta
+
+    def check(self, reps: torch.Tensor | None, n: int, options: SamplingOptions):
+        return check_request(self.meta, reps, n, options)
+
+    @property
+    def encoder(self) -> Encoder:
+        if self.plan is None:
+            raise RuntimeError("this run conditions on vectors, it has no encoder")
+        if self._encoder is None:
+            self._encoder = self.plan.build(self.device, progress=self.download_progress)
+        return self._encoder
+
+    def encode(self, pictures: Sequence[Image.Image], batch_size: int = 32) -> torch.Tensor:
+        rows = [self.encoder.encode(pictures[i : i + batch_size], self.plan.layer).cpu() for i in range(0, len(pictures), batch_size)]
+        return torch.cat(rows)
+
+    @property
+    def model(self) -> RCDMModel:
+        if self._model is None:
+            self._model = RCDMModel.from_checkpoint(self.checkpoint, self.device, progress=self.download_progress)
+        return self._model
+
+    def sample(
+        self,
+        reps: torch.Tensor,
+        n: int,
+        options: SamplingOptions,
+        *,
+        noise: torch.Tensor | None = None,
+        same_noise: bool = False,
+        progress: Callable[[SampleBatchProgress], None] | None = None,
+    ) -> SampleResult:
+        return sample_representations(self.model, reps, n, options, noise=noise, same_noise=same_noise, progress=progress)
+
+    def checkpoint_info(self) -> dict:
+        ckpt = self.checkpoint
+        return {
+            "spec": self.spec,
+            "path": str(ckpt.path) if ckpt.path else None,
+            "sha256": file_sha256(ckpt.path) if ckpt.path and ckpt.path.exists() else None,
+            "description": ckpt.meta.describe(),
+            "source": ckpt.meta.source,
+        }
+
+    def encoder_info(self) -> dict | None:
+        if self.plan is None:
+            return None
+        info = self.plan.describe()
+        if self._encoder is not None:
+            info.update(weights=self._encoder.weights_id, weights_file=self._encoder.weights_file, plugin=self._encoder.plugin)
+        return info
