@@ -1,1 +1,105 @@
-"""Encoders of the barlow family (being written)."""
+"""Barlow Twins ResNet-50 (Zbontar et al. 2021), the encoder of the released
+``barlow`` RCDM model.
+
+RCDM used VISSL's model-zoo checkpoint (the default, ``vissl``); the Barlow Twins
+repository's own full checkpoint (``repo``) is a separate training run of the same
+architecture. ``head`` is the projector as trained, in evaluation mode:
+(Linear(no bias) - BN - ReLU) x2 - Linear(8192, 8192, no bias).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from rcdm_cli.encoders import (
+    uninitialized,
+    BuildRequest,
+    EncoderSpec,
+    ResNetWithHeads,
+    WeightSource,
+    hookimpl,
+    load_strict,
+    load_torch_file,
+    mlp,
+    rename_keys,
+    resnet50_trunk,
+    subtree,
+)
+from rcdm_plugins._vissl import LARS_SAFE_GLOBALS, MODEL_ZOO, VISSL_LICENSE, head_state, load_vissl_model, trunk_state
+from rcdm_plugins._training_scripts import TRAINING_SCRIPT_GLOBALS
+
+VISSL = WeightSource(
+    name="vissl",
+    url=f"{MODEL_ZOO}/barlow_twins/barlow_twins_32gpus_4node_imagenet1k_1000ep_resnet50.torch",
+    license=VISSL_LICENSE,
+    description="VISSL model zoo, 1000 ImageNet epochs on 32 GPUs, the weights RCDM used",
+    notes="a different training run from `repo`: representations (and linear-probe numbers) differ",
+)
+REPO = WeightSource(
+    name="repo",
+    url="https://dl.fbaipublicfiles.com/barlowtwins/ljng/checkpoint.pth",
+    filename="barlowtwins_ljng_checkpoint.pth",  # the cache is keyed by file name
+    license="MIT (Barlow Twins repository)",
+    description="the Barlow Twins repository's full checkpoint (backbone, projector, optimizer), 1000 ImageNet epochs",
+    notes="a different training run from `vissl` (the one RCDM used)",
+)
+
+LAYERS = {
+    "backbone": (2048, "global-average-pooled layer4 features"),
+    "layer3": (1024, "global-average-pooled layer3 features"),
+    "head": (8192, "projector output ((Linear-BN-ReLU) x2, Linear), as RCDM computed it"),
+}
+
+# VISSL names its projector "<block>.clf.<layer>"; the head's nn.Sequential numbers
+# the same layers 0 (Linear), 1 (BN), 3 (Linear), 4 (BN), 6 (Linear).
+VISSL_HEAD_LAYERS = {"0.clf.0": 0, "0.clf.1": 1, "1.clf.0": 3, "1.clf.1": 4, "2.clf.0": 6}
+
+# The batch norm the Barlow Twins loss applies to the embeddings: no part of the
+# encoder.
+REPO_LOSS_NORM = "module.bn."
+
+
+# Older repository checkpoints pickle the training script's filter (the stand-in is
+# VICReg's: its training code descends from this one). Both sources' stand-ins are
+# admitted for either file, so that a file given for the wrong source is reported by
+# its layout, not as unloadable.
+SAFE_GLOBALS = (*TRAINING_SCRIPT_GLOBALS, *LARS_SAFE_GLOBALS)
+
+
+def projector() -> nn.Sequential:
+    return mlp([2048, 8192, 8192, 8192], bias=False, batch_norm=True)
+
+
+def vissl_state(path: Path) -> dict:
+    trunk, heads = load_vissl_model(path, extra_safe_globals=SAFE_GLOBALS)
+    return {**trunk_state(trunk), **head_state(heads, VISSL_HEAD_LAYERS)}
+
+
+def repo_state(path: Path) -> dict:
+    checkpoint = load_torch_file(path, extra_safe_globals=SAFE_GLOBALS)
+    model = subtree(checkpoint, "model", source=str(path))
+    encoder_part = {k: v for k, v in model.items() if not k.startswith(REPO_LOSS_NORM)}
+    return rename_keys(encoder_part, [("module.backbone.", "trunk."), ("module.projector.", "heads.head.")])
+
+
+def build_barlow(request: BuildRequest) -> nn.Module:
+    path = request.weights_path
+    source = request.source or VISSL
+    state = repo_state(path) if source.name == REPO.name else vissl_state(path)
+    net = ResNetWithHeads(resnet50_trunk(), heads={"head": uninitialized(projector)})
+    return load_strict(net, state, str(path))
+
+
+@hookimpl
+def register_encoders(register):
+    register(
+        EncoderSpec(
+            name="barlow",
+            description="Barlow Twins ResNet-50 (redundancy reduction, ImageNet)",
+            build=build_barlow,
+            layers=dict(LAYERS),
+            weights=(VISSL, REPO),
+        )
+    )

@@ -16,8 +16,17 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from rcdm_cli.encoders import BuildRequest, EncoderSpec, Preprocessing, hookimpl, load_strict, load_torch_file
-from rcdm_cli.errors import RcdmError, UsageError
+from rcdm_cli.encoders import (
+    BuildRequest,
+    EncoderSpec,
+    Preprocessing,
+    RcdmError,
+    UsageError,
+    hookimpl,
+    load_strict,
+    load_torch_file,
+    offline,
+)
 
 
 class PooledFeatures(nn.Module):
@@ -59,9 +68,11 @@ def describe(name: str):
 def build(request: BuildRequest) -> nn.Module:
     name = request.argument
     if request.weights_path is None:
+        if offline():
+            raise RcdmError(f"RCDM_OFFLINE is set: timm cannot fetch {name}'s weights; give a local file with --weights")
         try:
             model = _create(name, pretrained=True)
-        except UsageError:
+        except (UsageError, RcdmError):
             raise
         except Exception as exc:
             cfg = timm.models.get_pretrained_cfg(name.split(".")[0]) if "." not in name else None

@@ -1,1 +1,77 @@
-"""Encoders of the vicreg family (being written)."""
+"""VICReg ResNet-50 (Bardes, Ponce and LeCun 2022), the encoder of the released
+``vicreg`` RCDM model.
+
+Only the repository's full checkpoint has the expander (projector) that the ``head``
+layer needs; the backbone-only file does not, so it is not offered. ``head`` is the
+expander as trained, in evaluation mode: Linear(2048, 8192) - BN - ReLU -
+Linear(8192, 8192) - BN - ReLU - Linear(8192, 8192, no bias).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from torch import nn
+
+from rcdm_cli.encoders import (
+    BuildRequest,
+    EncoderSpec,
+    ResNetWithHeads,
+    WeightSource,
+    hookimpl,
+    load_strict,
+    load_torch_file,
+    mlp,
+    rename_keys,
+    resnet50_trunk,
+    subtree,
+    uninitialized,
+)
+from rcdm_plugins._training_scripts import TRAINING_SCRIPT_GLOBALS
+
+FULLCKPT = WeightSource(
+    name="fullckpt",
+    url="https://dl.fbaipublicfiles.com/vicreg/resnet50_fullckpt.pth",
+    license="MIT (VICReg repository)",
+    description="ResNet-50 and its 8192-8192-8192 expander after 1000 ImageNet epochs, the weights RCDM used",
+    notes="a full training checkpoint (with LARS optimizer state, not read); the repository's "
+    "backbone-only resnet50.pth lacks the expander and so cannot give the head layer",
+)
+
+LAYERS = {
+    "backbone": (2048, "global-average-pooled layer4 features"),
+    "layer3": (1024, "global-average-pooled layer3 features"),
+    "head": (8192, "expander output (Linear-BN-ReLU x2, Linear), as RCDM computed it"),
+}
+
+
+def expander() -> nn.Sequential:
+    return mlp([2048, 8192, 8192, 8192], batch_norm=True, last_bias=False)
+
+
+def load_checkpoint_model(path: str | Path) -> dict:
+    """The ``model`` state dict of the full checkpoint (DistributedDataParallel's
+    ``module.`` prefix included)."""
+    checkpoint = load_torch_file(path, extra_safe_globals=TRAINING_SCRIPT_GLOBALS)
+    return subtree(checkpoint, "model", source=str(path))
+
+
+def build_vicreg(request: BuildRequest) -> nn.Module:
+    path = request.weights_path
+    state = rename_keys(
+        load_checkpoint_model(path), [("module.backbone.", "trunk."), ("module.projector.", "heads.head.")]
+    )
+    net = ResNetWithHeads(resnet50_trunk(), heads={"head": uninitialized(expander)})
+    return load_strict(net, state, str(path))
+
+
+@hookimpl
+def register_encoders(register):
+    register(
+        EncoderSpec(
+            name="vicreg",
+            description="VICReg ResNet-50 (variance-invariance-covariance regularisation, ImageNet)",
+            build=build_vicreg,
+            layers=dict(LAYERS),
+            weights=(FULLCKPT,),
+        )
+    )

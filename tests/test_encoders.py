@@ -178,7 +178,7 @@ def test_timm_family_with_local_weights(tmp_path):
 
 
 def test_timm_family_offline_error_points_to_weights(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("RCDM_OFFLINE", "1")
     with pytest.raises(RcdmError, match="--weights"):
         create_encoder("timm:resnet18")
 

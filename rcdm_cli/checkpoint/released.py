@@ -63,12 +63,12 @@ def _entry(encoder: str, layer: str, rep_dim: int, weights: str, file_part: str,
 RELEASED: dict[str, ReleasedCheckpoint] = {
     c.name: c
     for c in (
-        _entry("simclr", "backbone", 2048, "vissl-1000ep", "simclr_trunk", "SimCLR ResNet-50 trunk (2048-d)"),
-        _entry("simclr", "head", 128, "vissl-1000ep", "simclr_head", "SimCLR projector output (128-d)"),
-        _entry("barlow", "backbone", 2048, "vissl-1000ep", "barlow_trunk", "Barlow Twins ResNet-50 trunk (2048-d)"),
-        _entry("barlow", "head", 8192, "vissl-1000ep", "barlow_head", "Barlow Twins projector output (8192-d)"),
-        _entry("vicreg", "backbone", 2048, "resnet50", "vicreg_trunk", "VICReg ResNet-50 trunk (2048-d)"),
-        _entry("vicreg", "head", 8192, "resnet50", "vicreg_head", "VICReg expander output (8192-d)"),
+        _entry("simclr", "backbone", 2048, "vissl", "simclr_trunk", "SimCLR ResNet-50 trunk (2048-d)"),
+        _entry("simclr", "head", 128, "vissl", "simclr_head", "SimCLR projector output (128-d)"),
+        _entry("barlow", "backbone", 2048, "vissl", "barlow_trunk", "Barlow Twins ResNet-50 trunk (2048-d)"),
+        _entry("barlow", "head", 8192, "vissl", "barlow_head", "Barlow Twins projector output (8192-d)"),
+        _entry("vicreg", "backbone", 2048, "fullckpt", "vicreg_trunk", "VICReg ResNet-50 trunk (2048-d)"),
+        _entry("vicreg", "head", 8192, "fullckpt", "vicreg_head", "VICReg expander output (8192-d)"),
         _entry("dino", "backbone", 2048, "resnet50", "dino_trunk", "DINO ResNet-50 trunk (2048-d)"),
         _entry("dino", "head", 256, "resnet50", "dino_head", "DINO ResNet-50 head bottleneck (256-d)"),
         _entry("supervised", "backbone", 2048, "v1", "supervised", "supervised torchvision ResNet-50, pooled features (2048-d)"),

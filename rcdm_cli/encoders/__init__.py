@@ -6,7 +6,7 @@ A plugin (built-in or third-party) registers :class:`EncoderSpec` objects throug
 
 from rcdm_cli.encoders.encoder import Encoder
 from rcdm_cli.encoders.hooks import ENTRY_POINT_GROUP, hookimpl
-from rcdm_cli.encoders.nets import ResNetWithHeads, global_pool, mlp, resnet50_trunk, resnet_stages
+from rcdm_cli.encoders.nets import ResNetWithHeads, global_pool, mlp, resnet50_trunk, resnet_stages, uninitialized
 from rcdm_cli.encoders.registry import EncoderName, EncoderRegistry, create_encoder, get_registry, reset_registry
 from rcdm_cli.encoders.spec import BuildRequest, EncoderSpec, WeightSource
 from rcdm_cli.encoders.weights import (
@@ -20,6 +20,8 @@ from rcdm_cli.encoders.weights import (
     subtree,
     tensors_only,
 )
+from rcdm_cli.checkpoint.download import offline
+from rcdm_cli.errors import RcdmError, UsageError
 from rcdm_cli.preprocessing import IMAGENET, IMAGENET_MEAN, IMAGENET_STD, RCDM, Preprocessing
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "EncoderRegistry",
     "EncoderSpec",
     "Preprocessing",
+    "RcdmError",
     "ResNetWithHeads",
     "WeightSource",
     "create_encoder",
@@ -46,6 +49,7 @@ __all__ = [
     "load_strict",
     "load_torch_file",
     "mlp",
+    "offline",
     "rename_keys",
     "reset_registry",
     "resnet50_trunk",
@@ -53,4 +57,6 @@ __all__ = [
     "strip_prefix",
     "subtree",
     "tensors_only",
+    "uninitialized",
+    "UsageError",
 ]

@@ -1,0 +1,211 @@
+"""The SimCLR encoder: VISSL's model-zoo file (2020, legacy torch format), strict
+loading, and its numbers checked against torchvision and hand-written head arithmetic
+on the file's own tensors."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import zipfile
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from conftest import rel_err
+from rcdm_cli.encoders import IMAGENET_MEAN, IMAGENET_STD, create_encoder, get_registry
+from rcdm_cli.errors import RcdmError
+from synthetic import resnet50_state, state_from_shapes
+
+DIMS = {"backbone": 2048, "layer3": 1024, "head": 128}
+HEAD_SHAPES = {
+    "0.clf.0.weight": (2048, 2048),
+    "0.clf.0.bias": (2048,),
+    "1.clf.0.weight": (128, 2048),
+    "1.clf.0.bias": (128,),
+}
+URL = (
+    "https://dl.fbaipublicfiles.com/vissl/model_zoo/simclr_rn50_1000ep_simclr_8node_resnet_16_07_20.afe428c7/"
+    "model_final_checkpoint_phase999.torch"
+)
+
+
+def _optimizer(trunk, heads) -> dict:
+    """A torch SGD state dict: one momentum buffer per parameter (stored as the
+    parameter itself, so the file stays small) and one param group."""
+    params = [v for k, v in [*trunk.items(), *heads.items()] if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    return {
+        "state": {i: {"momentum_buffer": p} for i, p in enumerate(params)},
+        "param_groups": [
+            {"lr": 0.0, "momentum": 0.9, "dampening": 0, "weight_decay": 1e-6, "nesterov": False, "params": list(range(len(params)))}
+        ],
+    }
+
+
+def published_checkpoint(trunk=None, heads=None, seed: int = 0) -> dict:
+    """model_final_checkpoint_phase999.torch's nesting: VISSL's training state with
+    the network under classy_state_dict/base_model/model as trunk and heads."""
+    trunk = OrderedDict(resnet50_state(prefix="_feature_blocks.", seed=seed)) if trunk is None else trunk
+    heads = OrderedDict(state_from_shapes(HEAD_SHAPES, seed=seed + 1)) if heads is None else heads
+    return {
+        "phase_idx": 1999,
+        "iteration": 1250000,
+        "loss": OrderedDict(),
+        "iteration_num": 1250000,
+        "train_phase_idx": 999,
+        "classy_state_dict": {
+            "train": True,
+            "base_model": {"model": {"trunk": trunk, "heads": heads}},
+            "meters": [],
+            "optimizer": {"optim": _optimizer(trunk, heads)},
+            "phase_idx": 1999,
+            "train_phase_idx": 999,
+            "num_updates": 5120000,
+            "losses": [6.21, 6.19],
+            "hooks": {},
+            "loss": {},
+            "train_dataset_iterator": {},
+        },
+    }
+
+
+def save_legacy(obj, path):
+    torch.save(obj, path, _use_new_zipfile_serialization=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint() -> dict:
+    return published_checkpoint()
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint) -> dict:
+    return checkpoint["classy_state_dict"]["base_model"]["model"]
+
+
+@pytest.fixture(scope="module")
+def weights_file(checkpoint, tmp_path_factory):
+    return save_legacy(checkpoint, tmp_path_factory.mktemp("simclr") / "model_final_checkpoint_phase999.torch")
+
+
+@pytest.fixture(scope="module")
+def encoder(weights_file):
+    return create_encoder("simclr", weights_path=weights_file)
+
+
+def test_spec_declares_layers_weights_and_preprocessing():
+    spec = get_registry().specs["simclr"].spec
+    assert {k: d for k, (d, _) in spec.layers.items()} == DIMS
+    assert spec.default_layer == "backbone"
+    (source,) = spec.weights
+    assert (source.name, source.url) == ("vissl", URL)
+    assert "MIT" in source.license and "VISSL" in source.license
+    pre = spec.preprocessing
+    assert (pre.resize, pre.resize_to, pre.size, pre.interpolation) == ("short-side", 256, 224, "bilinear")
+    assert (pre.mean, pre.std) == (IMAGENET_MEAN, IMAGENET_STD)
+
+
+def test_legacy_format_file_loads_strictly(weights_file, encoder, model):
+    assert not zipfile.is_zipfile(weights_file)
+    assert encoder.weights_id == "vissl"
+    net = encoder.network.state_dict()
+    assert torch.equal(net["trunk.layer4.2.conv3.weight"], model["trunk"]["_feature_blocks.layer4.2.conv3.weight"])
+    assert torch.equal(net["heads.head.2.weight"], model["heads"]["1.clf.0.weight"])
+
+
+def test_zip_format_file_loads_too(checkpoint, tmp_path):
+    path = tmp_path / "resaved.torch"
+    torch.save(checkpoint, path)
+    assert create_encoder("simclr", weights_path=path).rep_dim("head") == 128
+
+
+def _renamed(model, part, key):
+    return {**model, part: OrderedDict((k + "_renamed" if k == key else k, v) for k, v in model[part].items())}
+
+
+def _missing(model, part, key):
+    return {**model, part: OrderedDict((k, v) for k, v in model[part].items() if k != key)}
+
+
+def _reshaped(model, part, key):
+    shape = model[part][key].shape
+    return {**model, part: OrderedDict(model[part], **{key: torch.zeros(*shape[:-1], shape[-1] + 1)})}
+
+
+@pytest.mark.parametrize(
+    "damage, part, key, named",
+    [
+        (_renamed, "trunk", "_feature_blocks.layer2.1.conv2.weight", "trunk.layer2.1.conv2.weight"),
+        (_missing, "heads", "1.clf.0.bias", "heads.head.2.bias"),
+        (_reshaped, "heads", "0.clf.0.weight", "heads.head.0.weight"),
+    ],
+    ids=["renamed", "missing", "wrong-shape"],
+)
+def test_a_damaged_file_is_refused_naming_the_key(model, tmp_path, damage, part, key, named):
+    damaged = damage(model, part, key)
+    path = save_legacy(published_checkpoint(damaged["trunk"], damaged["heads"]), tmp_path / "damaged.torch")
+    with pytest.raises(RcdmError) as err:
+        create_encoder("simclr", weights_path=path)
+    assert named in str(err.value)
+
+
+def test_a_file_without_vissl_nesting_is_refused(model, tmp_path):
+    path = save_legacy({"model": model}, tmp_path / "flat.torch")
+    with pytest.raises(RcdmError, match="classy_state_dict"):
+        create_encoder("simclr", weights_path=path)
+
+
+def test_gradients_reach_the_input(encoder):
+    x = torch.rand(2, 3, 224, 224, requires_grad=True)
+    encoder(x, "head").sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def _torchvision_trunk(trunk) -> nn.Module:
+    net = torchvision.models.resnet50()
+    net.fc = nn.Identity()
+    net.load_state_dict({k[len("_feature_blocks."):]: v for k, v in trunk.items()}, strict=True)
+    return net.eval()
+
+
+def test_numbers_match_an_independent_computation(model, encoder):
+    x = torch.rand(2, 3, 128, 128)  # any size the trunk takes; smaller is quicker
+    ref = _torchvision_trunk(model["trunk"])
+    h = model["heads"]
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        z = (x - mean) / std
+        feats = ref(z)
+        stem = ref.maxpool(ref.relu(ref.bn1(ref.conv1(z))))
+        layer3 = ref.layer3(ref.layer2(ref.layer1(stem))).mean(dim=(2, 3))
+        head = F.linear(F.relu(F.linear(feats, h["0.clf.0.weight"], h["0.clf.0.bias"])), h["1.clf.0.weight"], h["1.clf.0.bias"])
+        got = {layer: encoder(x, layer) for layer in DIMS}
+    assert {layer: tuple(out.shape) for layer, out in got.items()} == {k: (2, d) for k, d in DIMS.items()}
+    assert rel_err(got["backbone"], feats) < 1e-5
+    assert rel_err(got["layer3"], layer3) < 1e-5
+    assert rel_err(got["head"], head) < 1e-5
+    # the ReLU between the two layers is there: without it the numbers differ
+    no_relu = F.linear(F.linear(feats, h["0.clf.0.weight"], h["0.clf.0.bias"]), h["1.clf.0.weight"], h["1.clf.0.bias"])
+    assert rel_err(got["head"], no_relu) > 1e-2
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return subprocess.call, (["sh", "-c", f"touch {shlex.quote(self.marker)}"],)
+
+
+def test_a_file_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "ran"
+    checkpoint = published_checkpoint(OrderedDict(), OrderedDict())
+    checkpoint["classy_state_dict"]["meters"] = [_RunsCode(marker)]
+    path = save_legacy(checkpoint, tmp_path / "evil.torch")
+    with pytest.raises(RcdmError, match="refused"):
+        create_encoder("simclr", weights_path=path)
+    assert not marker.exists()
