@@ -34,6 +34,9 @@ class EncoderInfo:
     rep_dim: int
     weights: str | None = None
     preprocessing: dict[str, Any] = field(default_factory=lambda: dict(RCDM_PREPROCESSING))
+    # set when the encoder's weights came from a local file (--weights) rather than
+    # from its published source: sampling then needs that same file
+    weights_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -4,7 +4,9 @@
   on first use;
 - ``init:PRESET``: an untrained, randomly initialised model of a preset (smoke tests,
   benchmarks, training from scratch);
-- a path to an rcdm ``.safetensors`` checkpoint.
+- a path to an rcdm ``.safetensors`` checkpoint;
+- a training run folder (``rcdm train --out``): its newest complete checkpoint, with
+  the EMA weights.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from rcdm_cli.checkpoint.download import Progress, cache_path, download
 from rcdm_cli.checkpoint.metadata import CheckpointMeta
 from rcdm_cli.checkpoint.official import check_state_dict, load_official_state_dict
 from rcdm_cli.checkpoint.released import get_released
+from rcdm_cli.checkpoint.rundir import RunDir
 from rcdm_cli.checkpoint.store import load_checkpoint, read_meta
 from rcdm_cli.diffusion.config import get_preset
 from rcdm_cli.errors import UsageError
@@ -86,7 +89,12 @@ def resolve_checkpoint(spec: str, *, rep_dim: int | None = None, weights: str | 
     if not path.exists():
         raise UsageError(f"no such checkpoint: {spec} (expected a file, released:NAME or init:PRESET)")
     if path.is_dir():
-        raise UsageError(f"{path} is a folder; expected an rcdm checkpoint file, released:NAME or init:PRESET")
+        if not RunDir.is_run_dir(path):
+            raise UsageError(
+                f"{path} is a folder but not a training run; expected a run folder, an rcdm checkpoint file, "
+                "released:NAME or init:PRESET"
+            )
+        path = RunDir(path).latest_model()
     if path.suffix in (".pt", ".pth"):
         raise UsageError(
             f"{path} is not an rcdm checkpoint; if it holds official RCDM weights, import it with "

@@ -19,6 +19,7 @@ from rcdm_cli.cli import convert as convert_cmd
 from rcdm_cli.cli import encoders as encoders_cmd
 from rcdm_cli.cli import interpolate as interpolate_cmd
 from rcdm_cli.cli import sample as sample_cmd
+from rcdm_cli.cli import train as train_cmd
 from rcdm_cli.cli.console import err, settings, setup_logging
 from rcdm_cli.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, RcdmError
 
@@ -54,6 +55,7 @@ def _global_options(
     setup_logging(debug, quiet)
 
 
+app.command("train", no_args_is_help=True)(train_cmd.train)
 app.command("sample", no_args_is_help=True)(sample_cmd.sample)
 app.command("interpolate", no_args_is_help=True)(interpolate_cmd.interpolate)
 app.command("arith", no_args_is_help=True)(arith_cmd.arith)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from rcdm_cli.checkpoint.download import Progress
+from rcdm_cli.checkpoint.hashing import file_sha256
 from rcdm_cli.checkpoint.metadata import CheckpointMeta
 from rcdm_cli.checkpoint.released import find_released
 from rcdm_cli.encoders import Encoder, EncoderName, Preprocessing, get_registry
@@ -93,6 +94,19 @@ def plan_conditioning(
                 f"the model was trained on representations of {Preprocessing.from_dict(recorded.preprocessing).describe()} "
                 f"inputs; --preprocessing {preprocessing} contradicts it"
             )
+        if recorded.weights_sha256:
+            if weights_path is None:
+                raise UsageError(
+                    f"the model was trained with {recorded.name} weights from a local file "
+                    f"(sha256 {recorded.weights_sha256[:12]}...); pass that file with --weights"
+                )
+            if not Path(weights_path).expanduser().is_file():
+                raise UsageError(f"no such weights file: {weights_path}")
+            if file_sha256(Path(weights_path).expanduser()) != recorded.weights_sha256:
+                raise UsageError(
+                    f"--weights {weights_path} is not the encoder file the model was trained with "
+                    f"(sha256 {recorded.weights_sha256[:12]}...)"
+                )
         name = recorded.name
         if recorded.weights and not EncoderName.parse(name).variant:
             if registry.get(name)[0].spec.weight_source(recorded.weights) is None:

@@ -57,10 +57,16 @@ class SampleResult:
     seeds: list[list[int]] = field(default_factory=list)
 
 
-def sample_seed(seed: int, rep_index: int, sample_index: int) -> int:
-    """The seed of one sample's random stream, mixed so nearby seeds are unrelated."""
-    state = np.random.SeedSequence([seed, rep_index, sample_index]).generate_state(2, dtype=np.uint32)
+def stream_seed(*parts: int) -> int:
+    """A 64-bit seed mixed from non-negative integers, so nearby inputs give unrelated
+    streams (every random stream of rcdm is keyed this way)."""
+    state = np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint32)
     return int(state[0]) << 32 | int(state[1])
+
+
+def sample_seed(seed: int, rep_index: int, sample_index: int) -> int:
+    """The seed of one sample's random stream."""
+    return stream_seed(seed, rep_index, sample_index)
 
 
 def load_noise(noise: torch.Tensor, n: int, image_size: int) -> torch.Tensor:

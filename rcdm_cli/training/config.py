@@ -1,0 +1,79 @@
+"""Everything a training run is: written to ``config.json`` and read back by --resume."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from rcdm_cli.diffusion.timestep_samplers import TIMESTEP_SAMPLERS
+from rcdm_cli.errors import UsageError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    encoder: str
+    layer: str | None = None
+    weights: str | None = None
+    preprocessing: str = "rcdm"
+    preset: str = "rcdm-128"
+    batch_size: int = 8  # per process, as in guided-diffusion; the global batch is this x processes
+    microbatch: int = 0  # 0: the whole batch at once
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    ema: list[float] = field(default_factory=lambda: [0.9999])
+    steps: int = 500_000
+    save_every: int = 10_000
+    log_every: int = 100
+    sample_every: int = 10_000
+    seed: int = 0
+    workers: int = 4
+    precision: str = "fp32"
+    schedule_sampler: str = "uniform"
+    random_crop: bool = False
+    random_flip: bool = False
+    cache_features: bool = False
+    keep: int = 2
+    preview_images: int = 4
+    preview_samples: int = 4
+    preview_steps: str = "ddim25"
+    activation_checkpointing: bool = False
+
+    def validate(self) -> None:
+        positive = {
+            "--batch-size": self.batch_size, "--steps": self.steps, "--save-every": self.save_every,
+            "--log-every": self.log_every, "--sample-every": self.sample_every,
+        }
+        for flag, value in positive.items():
+            if value <= 0:
+                raise UsageError(f"{flag} must be positive, got {value}")
+        if self.microbatch < 0 or (self.microbatch and self.batch_size % self.microbatch):
+            raise UsageError(f"--microbatch {self.microbatch} must divide --batch-size {self.batch_size}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise UsageError("--lr must be positive and --weight-decay non-negative")
+        if not self.ema or any(not 0 < r < 1 for r in self.ema):
+            raise UsageError(f"--ema rates must lie in (0, 1), got {self.ema}")
+        if len(set(self.ema)) != len(self.ema):
+            raise UsageError("--ema rates must be distinct")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.schedule_sampler not in TIMESTEP_SAMPLERS:
+            raise UsageError(f"--schedule-sampler must be one of {', '.join(TIMESTEP_SAMPLERS)}")
+        if self.preprocessing not in ("rcdm", "native"):
+            raise UsageError(f"--preprocessing must be rcdm or native, got {self.preprocessing!r}")
+        if self.cache_features and self.random_crop:
+            raise UsageError("--cache-features needs a deterministic encoder view: drop --random-crop")
+        if self.workers < 0 or self.keep < 1:
+            raise UsageError("--workers must be >= 0 and --keep >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,283 @@
+"""Sampling from images, interpolation and arithmetic, with the `random` encoder and
+tiny checkpoints whose metadata names it."""
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import make_tiny_state
+from rcdm_cli.checkpoint.metadata import CheckpointMeta, EncoderInfo
+from rcdm_cli.checkpoint.resolve import resolve_checkpoint
+from rcdm_cli.checkpoint.store import save_checkpoint
+from rcdm_cli.cli.app import run
+from rcdm_cli.diffusion import PRESETS
+from rcdm_cli.encoders import create_encoder
+from rcdm_cli.pipeline import expression as expr
+from rcdm_cli.pipeline.model import RCDMModel
+from rcdm_cli.pipeline.representations import (
+    interpolate,
+    lerp,
+    remove_shared,
+    rescale_to,
+    shared_dimensions,
+    slerp,
+    transfer_attributes,
+)
+from rcdm_cli.pipeline.sampling import SamplingOptions, sample_representations
+from rcdm_cli.preprocessing import RCDM
+from rcdm_cli.errors import UsageError
+
+FAST = ["--steps", "ddim3", "--sampler", "ddim"]
+
+
+def _ckpt(path: Path, encoder: EncoderInfo | None, rep_dim: int = 2048) -> Path:
+    meta = CheckpointMeta(unet=PRESETS["tiny"].unet.with_rep_dim(rep_dim), diffusion=PRESETS["tiny"].diffusion, encoder=encoder)
+    save_checkpoint(path, {"model": make_tiny_state(rep_dim)}, meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, size in enumerate([(64, 48), (40, 40), (50, 70)]):
+        img = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+        img[..., i] = 200  # distinct colours so representations differ
+        img += rng.integers(0, 40, img.shape, dtype=np.uint8)
+        path = folder / f"img{i}.png"
+        Image.fromarray(img).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def random_ckpt(tmp_path_factory) -> Path:
+    """A tiny model trained (in its metadata) on random/backbone with RCDM scaling."""
+    info = EncoderInfo(name="random", layer="backbone", rep_dim=2048, preprocessing=RCDM.to_dict())
+    return _ckpt(tmp_path_factory.mktemp("c") / "random.safetensors", info)
+
+
+def rcdm(capsys, *args):
+    code = run([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_sample_from_images_uses_the_metadata_encoder_and_preprocessing(capsys, images, random_ckpt, tmp_path):
+    code, out, err = rcdm(capsys, "sample", images[0], images[1], "-c", random_ckpt, "-n", 2, *FAST, "-o", tmp_path / "s", "--json", "--save-tensors")
+    assert code == 0, err
+    manifest = json.loads(out)
+    assert manifest["inputs"] == [str(images[0]), str(images[1])]
+    enc = manifest["encoder"]
+    assert (enc["encoder"], enc["layer"], enc["rep_dim"]) == ("random", "backbone", 2048)
+    assert enc["preprocessing"]["name"] == "rcdm" and enc["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    assert [o["name"] for o in manifest["outputs"]] == ["img0", "img1"]
+    grid = Image.open(manifest["outputs"][0]["grid"])
+    assert grid.width == 3 * (96 + 2) + 2  # the input, then 2 samples
+    # the representations are what the encoder gives with the recorded preprocessing
+    reps = load_file(str(tmp_path / "s" / "samples.safetensors"))["reps"]
+    encoder = create_encoder("random", preprocessing=RCDM)
+    expected = encoder.encode([Image.open(p).convert("RGB") for p in images[:2]], "backbone")
+    assert torch.allclose(reps, expected, atol=1e-5)
+
+
+def test_folder_glob_and_stdin_inputs(capsys, images, random_ckpt, tmp_path, monkeypatch):
+    folder = images[0].parent
+    code, out, err = rcdm(capsys, "sample", folder, "-c", random_ckpt, "-n", 1, *FAST, "-o", tmp_path / "a", "--json")
+    assert code == 0, err and len(json.loads(out)["outputs"]) == 3
+    code, out, err = rcdm(capsys, "sample", str(folder / "img[01].png"), "-c", random_ckpt, "-n", 1, *FAST, "-o", tmp_path / "b", "--json")
+    assert code == 0 and [o["name"] for o in json.loads(out)["outputs"]] == ["img0", "img1"]
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{images[2]}\n\n{images[0]}\n"))
+    code, out, err = rcdm(capsys, "sample", "-", "-c", random_ckpt, "-n", 1, *FAST, "-o", tmp_path / "c", "--json")
+    assert code == 0, err
+    assert json.loads(out)["inputs"] == [str(images[2]), str(images[0])]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--layer", "layer3"], "trained on the 'backbone' layer of random; --layer layer3 contradicts it"),
+        (["--encoder", "supervised"], "trained on random/backbone representations; --encoder supervised contradicts it"),
+        (["--preprocessing", "native"], "--preprocessing native contradicts it"),
+        (["--rep", "random"], "not both"),
+    ],
+)
+def test_contradictions_with_the_checkpoint_fail_before_any_work(capsys, images, random_ckpt, tmp_path, extra, message):
+    code, out, err = rcdm(capsys, "sample", images[0], "-c", random_ckpt, *extra, "-o", tmp_path / "x")
+    assert code == 2 and message in err
+    assert not (tmp_path / "x").exists()
+    assert "encoding" not in err and "loading" not in err
+
+
+def test_model_without_encoder_metadata_needs_an_encoder_of_the_right_width(capsys, images, tmp_path):
+    bare = _ckpt(tmp_path / "bare.safetensors", None, rep_dim=1024)
+    code, _, err = rcdm(capsys, "sample", images[0], "-c", bare, "-o", tmp_path / "x")
+    assert code == 2 and "names no encoder" in err
+    code, _, err = rcdm(capsys, "sample", images[0], "-c", bare, "--encoder", "random", "-o", tmp_path / "x")
+    assert code == 2 and "random/backbone gives 2048-d representations but the model is conditioned on 1024-d" in err
+    code, _, err = rcdm(capsys, "sample", images[0], "-c", bare, "--encoder", "random", "--layer", "layer3", "-n", 1, *FAST, "-o", tmp_path / "ok")
+    assert code == 0, err
+
+
+def test_init_model_takes_its_width_from_the_encoder(capsys, images, tmp_path):
+    code, out, err = rcdm(
+        capsys, "sample", images[0], "-c", "init:tiny", "--encoder", "random", "--layer", "layer3", "-n", 1, *FAST, "-o", tmp_path / "s", "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["encoder"]["rep_dim"] == 1024
+
+
+def test_default_checkpoint_comes_from_encoder_and_layer(capsys, images, tmp_path, monkeypatch):
+    monkeypatch.setenv("RCDM_OFFLINE", "1")
+    code, _, err = rcdm(capsys, "sample", images[0], "--encoder", "random", "-o", tmp_path / "x")
+    assert code == 2 and "no released RCDM model for random/backbone" in err
+    code, _, err = rcdm(capsys, "sample", images[0], "-o", tmp_path / "x")
+    assert code == 2 and "give --checkpoint, or --encoder and --layer" in err
+
+
+def test_missing_and_corrupt_images(capsys, images, random_ckpt, tmp_path):
+    code, _, err = rcdm(capsys, "sample", tmp_path / "nope.jpg", "-c", random_ckpt, "-o", tmp_path / "x")
+    assert code == 2 and "no such image" in err
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG broken")
+    code, _, err = rcdm(capsys, "sample", images[0], bad, "-c", random_ckpt, "-o", tmp_path / "x")
+    assert code == 1 and "cannot read image" in err and not (tmp_path / "x").exists()
+
+
+# --- interpolation -----------------------------------------------------------------------
+
+
+def test_lerp_and_slerp_end_exactly_at_the_inputs():
+    a, b = torch.randn(16), torch.randn(16)
+    for fn in (lerp, slerp):
+        path = fn(a, b, torch.linspace(0, 1, 5, dtype=torch.float64))
+        assert torch.allclose(path[0], a, atol=1e-6) and torch.allclose(path[-1], b, atol=1e-6)
+    mid = slerp(a, b, torch.tensor([0.5], dtype=torch.float64))[0]
+    assert torch.isclose(mid.norm(), (a.norm() + b.norm()) / 2, atol=1e-5)
+    assert lerp(a, b, torch.tensor([0.5], dtype=torch.float64))[0].norm() < mid.norm()
+    with pytest.raises(UsageError, match="at least 2"):
+        interpolate(a, b, 1)
+
+
+def test_interpolate_command_writes_the_whole_path(capsys, images, random_ckpt, tmp_path):
+    code, out, err = rcdm(
+        capsys, "interpolate", images[0], images[1], "-c", random_ckpt, "--frames", 4, "-n", 2, *FAST,
+        "--animation", "gif", "-o", tmp_path / "i", "--json", "--mode", "slerp",
+    )
+    assert code == 0, err
+    manifest = json.loads(out)
+    assert manifest["positions"] == [0.0, pytest.approx(1 / 3), pytest.approx(2 / 3), 1.0]
+    assert len(manifest["outputs"]["frames"]) == 2 and len(manifest["outputs"]["frames"][0]) == 4
+    strip = Image.open(manifest["outputs"]["strip"])
+    assert strip.width == 6 * (96 + 2) + 2  # A, 4 frames, B
+    gif = Image.open(manifest["outputs"]["animation"])
+    assert gif.n_frames == 6  # there and back
+
+
+def test_same_noise_frames_differ_only_by_representation(images, random_ckpt):
+    """Frame 0 with shared noise is exactly a sample of A's representation with the
+    same stream; with new noise the frames use their own streams."""
+    model = RCDMModel.from_checkpoint(resolve_checkpoint(str(random_ckpt)))
+    enc = create_encoder("random", preprocessing=RCDM)
+    ends = enc.encode([Image.open(p).convert("RGB") for p in images[:2]])
+    path = interpolate(ends[0], ends[1], 3)
+    opts = SamplingOptions(sampler="ddpm", steps="4")
+    shared = sample_representations(model, path, 1, opts, same_noise=True).samples
+    alone = sample_representations(model, ends[:1], 1, opts).samples
+    assert torch.allclose(shared[0], alone[0], atol=1e-6)
+    fresh = sample_representations(model, path, 1, opts, same_noise=False)
+    assert len({s for row in fresh.seeds for s in row}) == 3
+
+
+# --- arithmetic ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("a - b + c", {"a": 1, "b": -1, "c": 1}),
+        ("0.5*(a + b)", {"a": 0.5, "b": 0.5}),
+        ("2 * -a", {"a": -2}),
+        ("'my photo.jpg' - my-dog.jpg", {"my photo.jpg": 1, "my-dog.jpg": -1}),
+        ("a -b", {"a": 1, "b": -1}),
+        ("a*3 - 1e-1*2.jpg", {"a": 3, "2.jpg": -0.1}),
+    ],
+)
+def test_expressions(text, expected):
+    tree = expr.parse(text)
+    vectors = {p: torch.eye(4)[i] for i, p in enumerate(sorted({n.path for n in expr.paths(tree)}))}
+    result = expr.evaluate(text, tree, vectors.__getitem__)
+    manual = sum(w * vectors[p] for p, w in expected.items())
+    assert torch.allclose(result, manual)
+    assert expr.signed_weights(tree) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "text, column, message",
+    [
+        ("a + * b", 5, "expected an image path"),
+        ("a b", 3, "expected +, - or *"),
+        ("(a - b", 7, "'(' at column 1 is never closed"),
+        ("a * b", 3, "cannot be multiplied"),
+        ("a + 2", 3, "cannot add a number"),
+        ("2 + 3", 1, "is a number"),
+        ("a )", 3, "unmatched ')'"),
+        ("'a.jpg", 1, "unterminated quote"),
+        ("", 1, "empty"),
+    ],
+)
+def test_malformed_expressions_point_at_the_column(text, column, message):
+    with pytest.raises(expr.ExpressionError) as info:
+        tree = expr.parse(text)
+        expr.evaluate(text, tree, lambda p: torch.ones(2))
+    assert f"at column {column}:" in str(info.value) and message in str(info.value)
+
+
+def test_arith_command(capsys, images, random_ckpt, tmp_path):
+    text = f"{images[0]} - {images[1]} + 0.5*{images[2]}"
+    code, out, err = rcdm(capsys, "arith", text, "-c", random_ckpt, "-n", 2, *FAST, "-o", tmp_path / "a", "--json", "--rescale")
+    assert code == 0, err
+    manifest = json.loads(out)
+    assert manifest["coefficients"] == {str(images[0]): 1.0, str(images[1]): -1.0, str(images[2]): 0.5}
+    enc = create_encoder("random", preprocessing=RCDM)
+    reps = enc.encode([Image.open(p).convert("RGB") for p in images])
+    expected = rescale_to(reps[0] - reps[1] + 0.5 * reps[2], reps)
+    assert manifest["result_norm"] == pytest.approx(float(expected.norm()), rel=1e-4)
+    assert Path(manifest["overview"]).is_file()
+    code, _, err = rcdm(capsys, "arith", f"{images[0]} + nothere.jpg", "-c", random_ckpt, "-o", tmp_path / "b")
+    assert code == 2 and "no such image 'nothere.jpg'" in err and "column" in err
+
+
+def test_shared_dimensions_and_transfer_by_hand():
+    bank = torch.tensor(
+        [[1.0, 1.0, 0.0, 0.0], [1.0, 0.9, 0.0, 0.0], [1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+    )
+    query = torch.tensor([1.0, 1.0, 0.1, 0.0])
+    neighbours, shared = shared_dimensions(query, bank, k=3, min_count=1)
+    assert set(neighbours.tolist()) == {0, 1, 2}
+    assert shared.tolist() == [True, True, False, False]  # dim 0 in 3 neighbours, dim 1 in 2
+    target = torch.tensor([5.0, 6.0, 7.0, 8.0])
+    assert transfer_attributes(query, target, shared).tolist() == pytest.approx([5.0, 6.0, 0.1, 0.0])
+    assert remove_shared(query, shared).tolist() == pytest.approx([0.0, 0.0, 0.1, 0.0])
+    with pytest.raises(UsageError):
+        shared_dimensions(query, bank, k=3, min_count=3)
+
+
+def test_attribute_transfer_command(capsys, images, random_ckpt, tmp_path):
+    code, out, err = rcdm(
+        capsys, "arith", "--attribute-from", images[0], "--neighbors", images[0].parent, "--target", images[1],
+        "--k", 3, "--n-common", 1, "-c", random_ckpt, "-n", 1, *FAST, "-o", tmp_path / "t", "--json",
+    )
+    assert code == 0, err
+    manifest = json.loads(out)
+    assert [o["name"] for o in manifest["outputs"]] == ["attribute", "without-shared", "transferred"]
+    assert len(manifest["neighbors"]) == 3 and 0 < manifest["shared_dimensions"] <= 2048
+    code, _, err = rcdm(capsys, "arith", "--attribute-from", images[0], "--neighbors", images[0].parent, "--target", images[1], "--k", 9, "-c", random_ckpt, "-o", tmp_path / "u")
+    assert code == 2 and "fewer than --k 9" in err
