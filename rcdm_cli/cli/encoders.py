@@ -11,18 +11,28 @@ from rcdm_cli.cli.console import log, print_json, settings
 
 
 def encoders(
+    name: Optional[str] = typer.Argument(None, help="Show one encoder in detail (weights, notes, preprocessing)."),
     json_out: bool = typer.Option(False, "--json", help="Print the list as JSON on stdout."),
 ) -> None:
     """List the installed encoders: layers, input, weights and licences, plugin."""
     from rich.console import Console
     from rich.table import Table
 
-    from rcdm_cli.encoders import get_registry
+    from rcdm_cli.encoders import EncoderName, get_registry
+    from rcdm_cli.errors import UsageError
 
     registry = get_registry()
     rows = registry.catalog()
+    if name is not None:
+        base = EncoderName.parse(name).base
+        rows = [r for r in rows if r["name"].split(":")[0] == base]
+        if not rows:
+            raise UsageError(f"unknown encoder {name!r}; available: {', '.join(registry.names())}")
     if json_out:
         print_json({"encoders": rows, "failed_plugins": registry.failed})
+        return
+    if name is not None:
+        _details(rows[0], Console())
         return
     table = Table(show_lines=True)
     for column in ("encoder", "layers", "input", "weights (licence)", "plugin"):
@@ -42,6 +52,20 @@ def encoders(
     Console().print(table)  # the listing is the result: stdout
     for name, problem in registry.failed.items():
         log.warning("plugin %s failed to load: %s", name, problem)
+
+
+def _details(row: dict, console) -> None:
+    console.print(f"[bold]{row['name']}[/bold]: {row['description']}  (plugin: {row['plugin']})")
+    console.print(f"input: {row['preprocessing_description']}")
+    for layer, info in row["layers"].items():
+        default = " (default)" if layer == row["default_layer"] else ""
+        console.print(f"  layer {layer}{default}: {info['dim']}-d, {info['description']}")
+    for w in row["weights"]:
+        default = " (default)" if w["default"] else ""
+        console.print(f"  weights {row['name']}@{w['name']}{default}: {w['description']}")
+        console.print(f"    {w['url']}  licence: {w['license']}")
+        if w["notes"]:
+            console.print(f"    {w['notes']}")
 
 
 def encode(
