@@ -17,6 +17,7 @@ from rcdm_cli import __version__
 from rcdm_cli.cli import arith as arith_cmd
 from rcdm_cli.cli import convert as convert_cmd
 from rcdm_cli.cli import encoders as encoders_cmd
+from rcdm_cli.cli import evaluate as evaluate_cmd
 from rcdm_cli.cli import interpolate as interpolate_cmd
 from rcdm_cli.cli import sample as sample_cmd
 from rcdm_cli.cli import train as train_cmd
@@ -62,6 +63,7 @@ app.command("arith", no_args_is_help=True)(arith_cmd.arith)
 app.command("convert", no_args_is_help=True)(convert_cmd.convert)
 app.command("encoders")(encoders_cmd.encoders)
 app.command("encode", no_args_is_help=True)(encoders_cmd.encode)
+app.add_typer(evaluate_cmd.app, name="evaluate")
 
 
 # Typer has shipped click both as a dependency and vendored; reach its exception
