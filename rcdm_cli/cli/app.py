@@ -15,6 +15,7 @@ import typer
 
 from rcdm_cli import __version__
 from rcdm_cli.cli import arith as arith_cmd
+from rcdm_cli.cli import attack as attack_cmd
 from rcdm_cli.cli import convert as convert_cmd
 from rcdm_cli.cli import encoders as encoders_cmd
 from rcdm_cli.cli import evaluate as evaluate_cmd
@@ -63,6 +64,7 @@ app.command("arith", no_args_is_help=True)(arith_cmd.arith)
 app.command("convert", no_args_is_help=True)(convert_cmd.convert)
 app.command("encoders")(encoders_cmd.encoders)
 app.command("encode", no_args_is_help=True)(encoders_cmd.encode)
+app.command("attack", no_args_is_help=True)(attack_cmd.attack)
 app.add_typer(evaluate_cmd.app, name="evaluate")
 
 
