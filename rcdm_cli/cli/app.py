@@ -17,6 +17,7 @@ from rcdm_cli import __version__
 from rcdm_cli.cli import arith as arith_cmd
 from rcdm_cli.cli import attack as attack_cmd
 from rcdm_cli.cli import convert as convert_cmd
+from rcdm_cli.cli import demo as demo_cmd
 from rcdm_cli.cli import encoders as encoders_cmd
 from rcdm_cli.cli import evaluate as evaluate_cmd
 from rcdm_cli.cli import interpolate as interpolate_cmd
@@ -57,6 +58,7 @@ def _global_options(
     setup_logging(debug, quiet)
 
 
+app.command("demo")(demo_cmd.demo)
 app.command("train", no_args_is_help=True)(train_cmd.train)
 app.command("sample", no_args_is_help=True)(sample_cmd.sample)
 app.command("interpolate", no_args_is_help=True)(interpolate_cmd.interpolate)

@@ -1,0 +1,1 @@
+"""The offline demo: generated scenes, a tiny RCDM trained on them, and a report."""
