@@ -63,3 +63,22 @@ def state_from_shapes(shapes: dict[str, tuple[int, ...]], prefix: str = "", seed
 
 def resnet50_state(prefix: str = "", with_fc: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
     return state_from_shapes(resnet50_shapes(with_fc), prefix, seed)
+
+
+# Damaged copies of a state dict, for the "refused, naming the key" tests.
+
+
+def renamed(state, key):
+    """``state`` with ``key`` renamed to ``key + "_renamed"``, order kept."""
+    return type(state)((k + "_renamed" if k == key else k, v) for k, v in state.items())
+
+
+def missing(state, key):
+    return type(state)((k, v) for k, v in state.items() if k != key)
+
+
+def reshaped(state, key):
+    """``state`` with ``key``'s last dimension one larger."""
+    out = type(state)(state)
+    out[key] = torch.zeros(*state[key].shape[:-1], state[key].shape[-1] + 1)
+    return out

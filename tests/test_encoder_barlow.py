@@ -22,6 +22,9 @@ from conftest import rel_err
 from rcdm_cli.encoders import IMAGENET_MEAN, IMAGENET_STD, create_encoder, get_registry
 from rcdm_cli.errors import RcdmError
 from rcdm_plugins import barlow
+from synthetic import missing as _missing
+from synthetic import renamed as _renamed
+from synthetic import reshaped as _reshaped
 from synthetic import resnet50_state, state_from_shapes
 
 DIMS = {"backbone": 2048, "layer3": 1024, "head": 8192}
@@ -316,20 +319,6 @@ def test_each_source_wants_its_own_layout(vissl_file, repo_file):
         create_encoder("barlow", weights_path=repo_file)
     with pytest.raises(RcdmError, match="has no model"):
         create_encoder("barlow@repo", weights_path=vissl_file)
-
-
-def _renamed(heads_or_trunk, key):
-    return OrderedDict((k + "_renamed" if k == key else k, v) for k, v in heads_or_trunk.items())
-
-
-def _missing(heads_or_trunk, key):
-    return OrderedDict((k, v) for k, v in heads_or_trunk.items() if k != key)
-
-
-def _reshaped(heads_or_trunk, key):
-    out = OrderedDict(heads_or_trunk)
-    out[key] = torch.zeros(*out[key].shape[:-1], out[key].shape[-1] + 1)
-    return out
 
 
 @pytest.mark.parametrize(

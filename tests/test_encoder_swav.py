@@ -16,6 +16,9 @@ from torch import nn
 from conftest import rel_err
 from rcdm_cli.encoders import create_encoder, get_registry
 from rcdm_cli.errors import RcdmError
+from synthetic import missing as _missing
+from synthetic import renamed as _renamed
+from synthetic import reshaped as _reshaped
 from synthetic import resnet50_state, state_from_shapes
 
 SWAV_MEAN = (0.485, 0.456, 0.406)
@@ -98,23 +101,6 @@ def test_training_checkpoint_wrapper_is_accepted(state, encoder, tmp_path):
     expected = encoder.network.state_dict()
     assert loaded.keys() == expected.keys()
     assert all(torch.equal(loaded[k], expected[k]) for k in expected)
-
-
-def _renamed(state, key):
-    out = OrderedDict()
-    for k, v in state.items():
-        out[k + "_renamed" if k == key else k] = v
-    return out
-
-
-def _missing(state, key):
-    return OrderedDict((k, v) for k, v in state.items() if k != key)
-
-
-def _reshaped(state, key):
-    out = OrderedDict(state)
-    out[key] = torch.zeros(*state[key].shape[:-1], state[key].shape[-1] + 1)
-    return out
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,9 @@ from torch import nn
 from conftest import rel_err
 from rcdm_cli.encoders import IMAGENET_MEAN, IMAGENET_STD, create_encoder, get_registry
 from rcdm_cli.errors import RcdmError
+from synthetic import missing as _missing
+from synthetic import renamed as _renamed
+from synthetic import reshaped as _reshaped
 from synthetic import resnet50_state, state_from_shapes
 
 DIMS = {"backbone": 2048, "layer3": 1024, "head": 8192}
@@ -141,20 +144,6 @@ def test_published_layout_loads_strictly(encoder, model):
 
 def test_the_synthetic_file_pickles_the_filter_like_the_published_one(weights_file):
     assert torch.serialization.get_unsafe_globals_in_checkpoint(weights_file) == ["__main__.exclude_bias_and_norm"]
-
-
-def _renamed(model, key):
-    return OrderedDict((k + "_renamed" if k == key else k, v) for k, v in model.items())
-
-
-def _missing(model, key):
-    return OrderedDict((k, v) for k, v in model.items() if k != key)
-
-
-def _reshaped(model, key):
-    out = OrderedDict(model)
-    out[key] = torch.zeros(*model[key].shape[:-1], model[key].shape[-1] + 1)
-    return out
 
 
 @pytest.mark.parametrize(

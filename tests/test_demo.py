@@ -1,0 +1,36 @@
+"""rcdm demo, shrunk: scenes, a few training steps, samples, interpolation, rank, report."""
+
+import json
+
+import pytest
+import torch
+
+from rcdm_cli.cli.app import run
+from rcdm_cli.demo.run import DemoSettings, run_demo
+from rcdm_cli.demo.scenes import SHAPES, make_scenes
+from rcdm_cli.errors import UsageError
+
+
+def test_scenes_are_reproducible_and_record_their_factors():
+    a, b = make_scenes(4, seed=3), make_scenes(4, seed=3)
+    assert [f for _, f in a] == [f for _, f in b]
+    assert all((x.tobytes() == y.tobytes()) for (x, _), (y, _) in zip(a, b))
+    image, factors = a[0]
+    assert image.size == (64, 64) and factors["shape"] in SHAPES and 0.3 <= factors["size"] <= 0.6
+
+
+def test_shrunk_demo_writes_its_report(tmp_path):
+    settings = DemoSettings(out=tmp_path / "demo", train_images=8, heldout_images=3, steps=4, batch_size=4, samples=2, sampling_steps="ddim3")
+    result = run_demo(settings, torch.device("cpu"))
+    report = (tmp_path / "demo" / "report.html").read_text()
+    assert "data:image/png;base64," in report and "MRR" in report
+    assert result["rank"]["images"] == 3 and result["rank"]["samples_per_image"] == 2
+    scenes = json.loads((tmp_path / "demo" / "data" / "scenes.json").read_text())
+    assert len(scenes["train"]) == 8 and len(scenes["heldout"]) == 3
+    with pytest.raises(UsageError, match="already holds a demo"):
+        run_demo(settings, torch.device("cpu"))
+
+
+def test_demo_command_refuses_bad_steps(capsys, tmp_path):
+    assert run(["demo", "--out", str(tmp_path / "d"), "--steps", "0"]) == 2
+    assert "--steps must be positive" in capsys.readouterr().err
