@@ -23,3 +23,22 @@ def test_completion_callback_lists_commands(monkeypatch, capsys):
     with pytest.raises(SystemExit):  # completion mode answers and exits
         run([])
     assert "convert" in capsys.readouterr().out.split()
+
+
+@pytest.mark.parametrize(
+    "words, cword, expected",
+    [
+        ("rcdm encode x --encoder su", 4, {"supervised", "supervised@v2"}),
+        ("rcdm encode x --encoder supervised --layer ", 6, {"backbone", "layer3", "logits"}),
+        ("rcdm evaluate probe a b --encoder dino-v", 6, {"dino-vits16", "dino-vitb16"}),
+    ],
+)
+def test_encoder_names_and_layers_complete_dynamically(monkeypatch, capsys, words, cword, expected):
+    from rcdm_cli.cli.app import run
+
+    monkeypatch.setenv("_RCDM_COMPLETE", "complete_bash")
+    monkeypatch.setenv("COMP_WORDS", words)
+    monkeypatch.setenv("COMP_CWORD", str(cword))
+    with pytest.raises(SystemExit):
+        run([])
+    assert set(capsys.readouterr().out.split()) == expected

@@ -7,11 +7,12 @@ from typing import List, Optional
 
 import typer
 
+from rcdm_cli.cli.completion import complete_encoder, complete_layer
 from rcdm_cli.cli.console import log, print_json, settings
 
 
 def encoders(
-    name: Optional[str] = typer.Argument(None, help="Show one encoder in detail (weights, notes, preprocessing)."),
+    name: Optional[str] = typer.Argument(None, help="Show one encoder in detail (weights, notes, preprocessing).", autocompletion=complete_encoder),
     json_out: bool = typer.Option(False, "--json", help="Print the list as JSON on stdout."),
 ) -> None:
     """List the installed encoders: layers, input, weights and licences, plugin."""
@@ -70,8 +71,8 @@ def _details(row: dict, console) -> None:
 
 def encode(
     images: List[str] = typer.Argument(..., help="Image files, folders, globs, or - to read paths from stdin."),
-    encoder: str = typer.Option(..., "--encoder", "-e", help="Encoder name (see `rcdm encoders`)."),
-    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Layer (default: the encoder's default)."),
+    encoder: str = typer.Option(..., "--encoder", "-e", help="Encoder name (see `rcdm encoders`).", autocompletion=complete_encoder),
+    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Layer (default: the encoder's default).", autocompletion=complete_layer),
     weights: Optional[Path] = typer.Option(None, "--weights", help="A local weights file instead of the download."),
     preprocessing: str = typer.Option("native", "--preprocessing", help="native, or rcdm (224x224 in [-1, 1], as the released models)."),
     output: Path = typer.Option(Path("reps.safetensors"), "--output", "-o", help="Where to write the vectors (.safetensors or .npy)."),

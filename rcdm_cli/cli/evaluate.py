@@ -11,6 +11,7 @@ from typing import List, Optional
 
 import typer
 
+from rcdm_cli.cli.completion import complete_encoder, complete_layer
 from rcdm_cli.cli.console import log, print_json, settings, status
 from rcdm_cli.cli.downloads import download_progress
 from rcdm_cli.cli.sample import BATCH, CHECKPOINT, ENCODER, ETA, LAYER, PREPROCESSING, SAMPLER, SEED, STEPS, WEIGHTS
@@ -127,8 +128,8 @@ def rank(
 @app.command("invariance")
 def invariance(
     data: Path = typer.Argument(..., help="Images (a folder, file or glob)."),
-    encoder: str = typer.Option(..., "--encoder", "-e", help="Encoder to measure."),
-    layer: List[str] = typer.Option(None, "--layer", "-l", help="Layer; repeat (default: backbone and head where it exists)."),
+    encoder: str = typer.Option(..., "--encoder", "-e", help="Encoder to measure.", autocompletion=complete_encoder),
+    layer: List[str] = typer.Option(None, "--layer", "-l", help="Layer; repeat (default: backbone and head where it exists).", autocompletion=complete_layer),
     weights: Optional[Path] = WEIGHTS,
     preprocessing: str = typer.Option("native", "--preprocessing", help="native or rcdm."),
     augmentation: List[str] = typer.Option(None, "--augmentation", "-a", help="Augmentation; repeat (default: all)."),
@@ -218,8 +219,8 @@ def invariance(
 def probe(
     train_dir: Path = typer.Argument(..., help="Training images, one sub-folder per class."),
     val_dir: Path = typer.Argument(..., help="Validation images, the same classes."),
-    encoder: str = typer.Option(..., "--encoder", "-e", help="Encoder to probe."),
-    layer: List[str] = typer.Option(None, "--layer", "-l", help="Layer; repeat (default: backbone and head where it exists)."),
+    encoder: str = typer.Option(..., "--encoder", "-e", help="Encoder to probe.", autocompletion=complete_encoder),
+    layer: List[str] = typer.Option(None, "--layer", "-l", help="Layer; repeat (default: backbone and head where it exists).", autocompletion=complete_layer),
     weights: Optional[Path] = WEIGHTS,
     preprocessing: str = typer.Option("native", "--preprocessing", help="native or rcdm."),
     l2: float = typer.Option(1e-4, "--l2", help="L2 penalty of the logistic regression."),
