@@ -165,3 +165,22 @@ def test_quiet_prints_nothing_on_success(capsys, tiny_checkpoint, tmp_path):
 def test_python_dash_m_and_version():
     proc = subprocess.run([sys.executable, "-m", "rcdm_cli", "--version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("rcdm ")
+
+
+def test_download_progress_inside_a_status_spinner_falls_back_to_log_lines(monkeypatch):
+    """On a terminal, a download can start while a status spinner is live (loading a
+    released model); rich allows one live display, so the bar must step aside."""
+    import io
+
+    from rich.console import Console
+
+    import rcdm_cli.cli.console as console_mod
+    import rcdm_cli.cli.downloads as downloads_mod
+
+    terminal = Console(file=io.StringIO(), force_terminal=True)
+    monkeypatch.setattr(console_mod, "err", terminal)
+    monkeypatch.setattr(downloads_mod, "err", terminal)
+    with terminal.status("loading"):
+        progress = downloads_mod.download_progress()
+        for done in (0, 512, 1024):
+            progress(done, 1024)

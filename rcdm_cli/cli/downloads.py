@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.errors import LiveError
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from rcdm_cli.cli.console import err, log, settings
@@ -19,9 +20,14 @@ def download_progress():
             state["started"] = True
             log.info("downloading (%s)", f"{total / 1e6:.0f} MB" if total else "size unknown")
             if err.is_terminal:
-                state["bar"] = Progress(BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err, transient=True)
-                state["bar"].__enter__()
-                state["task"] = state["bar"].add_task("download", total=total)
+                bar = Progress(BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err, transient=True)
+                try:
+                    bar.__enter__()
+                except LiveError:  # a status spinner is showing: report by log lines instead
+                    bar = None
+                if bar is not None:
+                    state["bar"] = bar
+                    state["task"] = bar.add_task("download", total=total)
         if state["bar"] is not None:
             state["bar"].update(state["task"], completed=done)
             if total is not None and done >= total:
