@@ -10,7 +10,22 @@ import typer
 from rcdm_cli import __version__
 from rcdm_cli.cli.console import log, print_json, settings
 from rcdm_cli.cli.downloads import download_progress
-from rcdm_cli.cli.sample import BATCH, CHECKPOINT, ENCODER, ETA, JSON, LAYER, OVERWRITE, PREPROCESSING, SAMPLER, SEED, STEPS, WEIGHTS
+from rcdm_cli.cli.sample import (
+    BATCH,
+    CHECKPOINT,
+    COMPILE,
+    ENCODER,
+    ETA,
+    JSON,
+    LAYER,
+    OVERWRITE,
+    PRECISION,
+    PREPROCESSING,
+    SAMPLER,
+    SEED,
+    STEPS,
+    WEIGHTS,
+)
 from rcdm_cli.errors import UsageError
 
 
@@ -35,6 +50,8 @@ def arith(
     eta: Optional[float] = ETA,
     seed: int = SEED,
     batch_size: int = BATCH,
+    precision: str = PRECISION,
+    compile_: bool = COMPILE,
     out: Path = typer.Option(Path("arith"), "--out", "-o", help="Output folder."),
     overwrite: bool = OVERWRITE,
     json_out: bool = JSON,
@@ -92,7 +109,9 @@ def arith(
         checkpoint=checkpoint, encoder=encoder, layer=layer, weights=weights, preprocessing=preprocessing,
         device=resolve_device(settings.device), download_progress=download_progress(),
     )
-    options = SamplingOptions(sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size)
+    options = SamplingOptions(
+        sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_
+    )
     diffusion = run.check(None, n, options)
     pictures = [load_image(p) for p in operand_paths]
     layout = SampleLayout(out, names, n)

@@ -10,7 +10,21 @@ import typer
 from rcdm_cli import __version__
 from rcdm_cli.cli.console import log, print_json, settings, status
 from rcdm_cli.cli.downloads import download_progress
-from rcdm_cli.cli.sample import BATCH, CHECKPOINT, ENCODER, ETA, LAYER, OVERWRITE, PREPROCESSING, SAMPLER, SEED, STEPS, WEIGHTS
+from rcdm_cli.cli.sample import (
+    BATCH,
+    CHECKPOINT,
+    COMPILE,
+    ENCODER,
+    ETA,
+    LAYER,
+    OVERWRITE,
+    PRECISION,
+    PREPROCESSING,
+    SAMPLER,
+    SEED,
+    STEPS,
+    WEIGHTS,
+)
 from rcdm_cli.errors import UsageError
 
 
@@ -36,6 +50,8 @@ def attack(
     eta: Optional[float] = ETA,
     seed: int = SEED,
     batch_size: int = BATCH,
+    precision: str = PRECISION,
+    compile_: bool = COMPILE,
     out: Path = typer.Option(Path("attack"), "--out", "-o", help="Output folder."),
     overwrite: bool = OVERWRITE,
     json_out: bool = typer.Option(False, "--json", help="Print the manifest (with the summary) as JSON on stdout."),
@@ -70,7 +86,9 @@ def attack(
         checkpoint=checkpoint, encoder=encoder, layer=layer, weights=weights, preprocessing=preprocessing,
         device=resolve_device(settings.device), download_progress=download_progress(),
     )
-    options = SamplingOptions(sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size)
+    options = SamplingOptions(
+        sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_
+    )
     diffusion = run.check(None, n, options)
     probe_obj = Probe.load(probe) if probe else None
     pictures = [load_image(p) for p in paths]

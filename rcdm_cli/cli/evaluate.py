@@ -14,7 +14,20 @@ import typer
 from rcdm_cli.cli.completion import complete_encoder, complete_layer
 from rcdm_cli.cli.console import log, print_json, settings, status
 from rcdm_cli.cli.downloads import download_progress
-from rcdm_cli.cli.sample import BATCH, CHECKPOINT, ENCODER, ETA, LAYER, PREPROCESSING, SAMPLER, SEED, STEPS, WEIGHTS
+from rcdm_cli.cli.sample import (
+    BATCH,
+    CHECKPOINT,
+    COMPILE,
+    ENCODER,
+    ETA,
+    LAYER,
+    PRECISION,
+    PREPROCESSING,
+    SAMPLER,
+    SEED,
+    STEPS,
+    WEIGHTS,
+)
 from rcdm_cli.errors import UsageError
 
 app = typer.Typer(help="Put numbers on what the pictures show.", no_args_is_help=True)
@@ -73,6 +86,8 @@ def rank(
     eta: Optional[float] = ETA,
     seed: int = SEED,
     batch_size: int = BATCH,
+    precision: str = PRECISION,
+    compile_: bool = COMPILE,
     results: Path = RESULTS,
     no_results: bool = NO_RESULTS,
     json_out: bool = JSON,
@@ -96,7 +111,9 @@ def rank(
         checkpoint=checkpoint, encoder=encoder, layer=layer, weights=weights, preprocessing=preprocessing,
         device=resolve_device(settings.device), download_progress=download_progress(),
     )
-    options = SamplingOptions(sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size)
+    options = SamplingOptions(
+        sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_
+    )
     diffusion = run.check(None, n, options)
     pictures = [load_image(p) for p in paths]
     cond = encode_with_status(run, pictures, batch_size)
@@ -139,6 +156,7 @@ def invariance(
     steps: str = STEPS,
     sampler: str = SAMPLER,
     seed: int = SEED,
+    precision: str = PRECISION,
     out: Path = typer.Option(Path("invariance"), "--out", "-o", help="Where the sample grid goes (with --checkpoint)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing grid."),
     results: Path = RESULTS,
@@ -173,7 +191,7 @@ def invariance(
         from rcdm_cli.pipeline.sampling import SamplingOptions
 
         run = RCDMRun.prepare(checkpoint=checkpoint, encoder=encoder, device=resolve_device(settings.device), download_progress=download_progress())
-        options = SamplingOptions(sampler=sampler, steps=steps, seed=seed, batch_size=16)
+        options = SamplingOptions(sampler=sampler, steps=steps, seed=seed, batch_size=16, precision=precision)
         diffusion = run.check(None, n, options)
         check_writable([out / "augmentations.png"], overwrite)
     device = resolve_device(settings.device)

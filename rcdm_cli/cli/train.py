@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from rcdm_cli.cli.completion import complete_encoder, complete_layer, complete_preset
 from rcdm_cli.cli.console import StepProgress, log, print_json, settings
 from rcdm_cli.errors import UsageError
 
@@ -36,11 +37,11 @@ class _CLIReporter:
 def train(
     data: Optional[Path] = typer.Argument(None, help="A folder of images (searched recursively)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder where it stopped."),
-    encoder: Optional[str] = typer.Option(None, "--encoder", "-e", help="Encoder whose representation conditions the model."),
-    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Encoder layer (default: the encoder's default)."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", "-e", help="Encoder whose representation conditions the model.", autocompletion=complete_encoder),
+    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Encoder layer (default: the encoder's default).", autocompletion=complete_layer),
     weights: Optional[Path] = typer.Option(None, "--weights", help="A local file of the encoder's weights."),
     preprocessing: str = typer.Option("rcdm", "--preprocessing", help="Encoder input scaling: rcdm ([-1, 1], as the released models) or native."),
-    preset: str = typer.Option("rcdm-128", "--preset", help="Architecture: rcdm-128, rcdm-64, rcdm-256 or tiny."),
+    preset: str = typer.Option("rcdm-128", "--preset", help="Architecture: rcdm-128, rcdm-64, rcdm-256 or tiny.", autocompletion=complete_preset),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="The run folder."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Images per step per process (global batch = this x processes)."),
     microbatch: int = typer.Option(0, "--microbatch", help="Split each batch into microbatches of this size (gradient accumulation)."),
@@ -60,6 +61,8 @@ def train(
     cache_features: bool = typer.Option(False, "--cache-features", help="Encode each image once and reuse the representation."),
     keep: int = typer.Option(2, "--keep", help="Checkpoints to keep."),
     activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing", help="Recompute activations in backward to save memory."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the network (minutes of compilation first; falls back to eager with a warning if it fails)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last (NHWC) memory format: faster convolutions on tensor-core GPUs."),
     json_out: bool = typer.Option(False, "--json", help="Print a summary as JSON on stdout at the end."),
 ) -> None:
     """Train an RCDM conditioned on an encoder's representation of your images.
@@ -91,6 +94,7 @@ def train(
             sample_every=sample_every, seed=seed, workers=workers, precision=precision,
             schedule_sampler=schedule_sampler, random_crop=random_crop, random_flip=random_flip,
             cache_features=cache_features, keep=keep, activation_checkpointing=activation_checkpointing,
+            compile=compile_, channels_last=channels_last,
         )
         resuming = False
     trainer = Trainer(config, resolve_device(settings.device), resume=resuming)

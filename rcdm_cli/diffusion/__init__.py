@@ -16,7 +16,15 @@ from rcdm_cli.diffusion.config import (
 )
 from rcdm_cli.diffusion.gaussian import GaussianDiffusion, PosteriorParams, randn
 from rcdm_cli.diffusion.respace import space_timesteps
-from rcdm_cli.diffusion.samplers import SAMPLERS, ddim_step, ddpm_step, get_sampler, sample_ddim, sample_ddpm
+from rcdm_cli.diffusion.samplers import (
+    SAMPLERS,
+    ddim_step,
+    ddpm_step,
+    get_sampler,
+    sample_ddim,
+    sample_ddpm,
+    sample_dpmpp_2m,
+)
 from rcdm_cli.diffusion.timestep_samplers import (
     TIMESTEP_SAMPLERS,
     LossSecondMomentSampler,
@@ -48,6 +56,7 @@ __all__ = [
     "randn",
     "sample_ddim",
     "sample_ddpm",
+    "sample_dpmpp_2m",
     "space_timesteps",
     "to_official_flags",
 ]

@@ -162,8 +162,9 @@ class AttentionBlock(nn.Module):
     (``[q_0 k_0 v_0 q_1 k_1 v_1 ...]``, the "legacy" order of the released models) or,
     with ``new_order``, as ``[q_0 q_1 ... k_0 k_1 ... v_0 v_1 ...]`` (ADM's 64x64 model).
     The product runs through ``scaled_dot_product_attention`` so that GPUs get fused
-    flash/memory-efficient kernels; its default 1/sqrt(head_dim) scale is exactly the
-    original's (1/head_dim^(1/4) applied to both q and k).
+    flash/memory-efficient kernels (and CPUs the CPU flash kernel); its default
+    1/sqrt(head_dim) scale is exactly the original's (1/head_dim^(1/4) applied to both
+    q and k).
     """
 
     def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1, new_order: bool = False):
@@ -186,13 +187,16 @@ class AttentionBlock(nn.Module):
         x = x.reshape(b, c, -1)
         length = x.shape[-1]
         heads = self.num_heads
-        qkv = self.qkv(self.norm(x))
+        # The 1x1 conv as a matmul that writes positions first, so that q, k and v have
+        # unit stride along the head dimension: the fused kernels (flash,
+        # memory-efficient, the CPU flash kernel) require it, and without it SDPA
+        # silently takes its unfused path, which stores every attention matrix.
+        qkv = F.linear(self.norm(x).transpose(1, 2), self.qkv.weight.squeeze(-1), self.qkv.bias)
         if self.new_order:
-            qkv = qkv.reshape(b, 3, heads, c // heads, length).transpose(1, 2)
+            q, k, v = qkv.reshape(b, length, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
         else:
-            qkv = qkv.reshape(b, heads, 3, c // heads, length)
-        q, k, v = qkv.transpose(-1, -2).unbind(dim=2)  # each (b, heads, length, head_dim)
-        h = F.scaled_dot_product_attention(q, k, v)
+            q, k, v = qkv.reshape(b, length, heads, 3, c // heads).permute(3, 0, 2, 1, 4)
+        h = F.scaled_dot_product_attention(q, k, v)  # (b, heads, length, head_dim)
         h = h.transpose(-1, -2).reshape(b, c, length)
         return (x + self.proj_out(h)).reshape(b, c, *spatial)
 

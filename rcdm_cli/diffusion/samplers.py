@@ -1,5 +1,9 @@
 """Samplers: each a small function from initial noise to an image batch.
 
+``ddpm`` (ancestral, the original) and ``ddim`` take one step of the respaced
+process per network call; ``dpm++2m`` solves the probability-flow ODE with a
+second-order multistep method, which is what makes 25 calls enough.
+
 A sampler takes ``model(x_t, t) -> output`` with the conditioning already bound
 (see :func:`rcdm_cli.pipeline.model.RCDMModel.denoiser`), the (possibly respaced)
 diffusion, and the initial noise. All randomness comes from an explicit
@@ -12,6 +16,8 @@ reported through ``callback(info)`` with ``info`` a dict holding ``step`` (1-bas
 from __future__ import annotations
 
 from typing import Callable, Sequence
+
+import math
 
 import torch
 
@@ -125,7 +131,71 @@ def sample_ddim(
     return x
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddpm": sample_ddpm, "ddim": sample_ddim}
+def _denoise(diffusion: GaussianDiffusion, output: torch.Tensor, x: torch.Tensor, t: torch.Tensor, clip: bool) -> torch.Tensor:
+    """The x_0 estimate from the mean channels alone: an ODE solver has no use for the
+    learned variance, and computing x_0 as the original does keeps results comparable."""
+    mean_part, _ = diffusion.split_output(output.float(), x)
+    x0 = mean_part if diffusion.predict_xstart else diffusion.predict_xstart_from_eps(x, t, mean_part)
+    return x0.clamp(-1, 1) if clip else x0
+
+
+def _half_log_snr(alpha_bar: float) -> float:
+    """lambda = log(alpha / sigma), the time variable in which DPM-Solver's update is exact
+    for a constant data prediction."""
+    return 0.5 * (math.log(alpha_bar) - math.log1p(-alpha_bar))
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(
+    model: ModelFn,
+    diffusion: GaussianDiffusion,
+    noise: torch.Tensor,
+    *,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    clip_denoised: bool = True,
+    callback: Callback | None = None,
+    eta: float | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022): the probability-flow ODE in data-prediction
+    form, second order from the previous step's x_0 estimate, one network call per step
+    of the respaced process. Deterministic given the noise (``generator`` is unused).
+
+    Between steps t -> s with h = lambda_s - lambda_t and r = h_prev / h:
+    D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev and
+    x_s = (sigma_s / sigma_t) x_t + alpha_s (1 - e^{-h}) D. The first step and the last
+    one use D = x0_t: evenly spaced timesteps make the last step in lambda several
+    times longer than the one before (1.9 -> 4.6 against 1.3 -> 1.9 at 25 steps of the
+    linear schedule), and extrapolating x_0 that far costs more accuracy than the
+    second order gains (DPM-Solver's "lower order final"). The last call returns its
+    x_0 estimate, as the other samplers end on theirs.
+    """
+    if eta is not None:
+        raise UsageError("--eta applies to the DDIM sampler only")
+    alpha_bar = [float(a) for a in diffusion.alphas_cumprod]
+    x = noise.float()
+    x0_prev, h_prev = None, None
+    for k, (i, t) in enumerate(_timesteps(diffusion, x), start=1):
+        x0 = _denoise(diffusion, model(x, diffusion.model_timesteps(t)), x, t, clip_denoised)
+        if i == 0:
+            x = x0
+        else:
+            a_t, a_s = alpha_bar[i], alpha_bar[i - 1]
+            h = _half_log_snr(a_s) - _half_log_snr(a_t)
+            d = x0
+            if x0_prev is not None and i > 1:
+                half_inv_r = h / (2.0 * h_prev)
+                d = (1.0 + half_inv_r) * x0 - half_inv_r * x0_prev
+            x = math.sqrt((1.0 - a_s) / (1.0 - a_t)) * x + math.sqrt(a_s) * -math.expm1(-h) * d
+            x0_prev, h_prev = x0, h
+        _report(callback, diffusion, k, i, x, x0)
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "ddpm": sample_ddpm,
+    "ddim": sample_ddim,
+    "dpm++2m": sample_dpmpp_2m,
+}
 
 
 def get_sampler(name: str) -> Callable[..., torch.Tensor]:

@@ -66,7 +66,7 @@ class RCDMRun:
         return self.checkpoint.meta
 
     def check(self, reps: torch.Tensor | None, n: int, options: SamplingOptions):
-        return check_request(self.meta, reps, n, options)
+        return check_request(self.meta, reps, n, options, self.device)
 
     @property
     def encoder(self) -> Encoder:

@@ -19,7 +19,7 @@ from rcdm_cli.checkpoint.metadata import CheckpointMeta
 from rcdm_cli.diffusion.gaussian import GaussianDiffusion, randn
 from rcdm_cli.diffusion.samplers import get_sampler
 from rcdm_cli.errors import UsageError
-from rcdm_cli.pipeline.model import RCDMModel
+from rcdm_cli.pipeline.model import PRECISIONS, RCDMModel, Speed, check_precision
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class SamplingOptions:
     seed: int = 0
     batch_size: int = 16
     clip_denoised: bool = True
+    precision: str = "fp32"
+    compile: bool = False
 
     def to_dict(self) -> dict:
         return {
@@ -39,7 +41,16 @@ class SamplingOptions:
             "seed": self.seed,
             "batch_size": self.batch_size,
             "clip_denoised": self.clip_denoised,
+            "precision": self.precision,
+            "compile": self.compile,
         }
+
+    def speed(self) -> Speed | None:
+        """The network's fast paths, or None for the plain float32 eager call (the
+        default)."""
+        if self.precision == "fp32" and not self.compile:
+            return None
+        return Speed(precision=self.precision, compile=self.compile)
 
 
 @dataclass
@@ -82,9 +93,15 @@ def load_noise(noise: torch.Tensor, n: int, image_size: int) -> torch.Tensor:
     return noise.float().expand(n, -1, -1, -1)
 
 
-def check_request(meta: CheckpointMeta, reps: torch.Tensor | None, n: int, options: SamplingOptions) -> GaussianDiffusion:
-    """Every check that needs only the metadata, so a bad request fails before the
-    weights are loaded; returns the respaced diffusion."""
+def check_request(
+    meta: CheckpointMeta,
+    reps: torch.Tensor | None,
+    n: int,
+    options: SamplingOptions,
+    device: torch.device | str | None = None,
+) -> GaussianDiffusion:
+    """Every check that needs only the metadata (and the device, when given), so a
+    bad request fails before the weights are loaded; returns the respaced diffusion."""
     if n <= 0:
         raise UsageError(f"the number of samples must be positive, got {n}")
     if options.batch_size <= 0:
@@ -92,6 +109,10 @@ def check_request(meta: CheckpointMeta, reps: torch.Tensor | None, n: int, optio
     get_sampler(options.sampler)
     if options.eta is not None and options.sampler != "ddim":
         raise UsageError("--eta applies to the DDIM sampler only")
+    if options.precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {options.precision!r}")
+    if device is not None:
+        check_precision(options.precision, device)
     if reps is not None:
         check_reps(reps, meta.rep_dim)
     return GaussianDiffusion.from_config(meta.diffusion, respacing=options.steps or "")
@@ -123,7 +144,8 @@ def sample_representations(
     per-step noise), so that differences between rows come from the representation
     alone (interpolation paths, arithmetic variants).
     """
-    diffusion = check_request(model.meta, reps, n, options)
+    diffusion = check_request(model.meta, reps, n, options, model.device)
+    model.accelerate(options.speed())
     reps = reps.float()
     size = model.image_size
     if noise is not None:

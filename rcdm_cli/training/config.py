@@ -42,6 +42,8 @@ class TrainConfig:
     preview_samples: int = 4
     preview_steps: str = "ddim25"
     activation_checkpointing: bool = False
+    compile: bool = False  # torch.compile the UNet; falls back to eager if compilation fails
+    channels_last: bool = False  # NHWC memory format: pays on tensor-core GPUs, not on the CPUs measured
 
     def validate(self) -> None:
         positive = {
