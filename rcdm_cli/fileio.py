@@ -21,12 +21,19 @@ from rcdm_cli.errors import RcdmError, UsageError
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise RcdmError(f"could not write {path}: {exc.strerror or exc}") from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates the file private (0600); give it the mode a plain open()
+        # would, so that outputs are as readable as the user's umask allows.
+        if tmp_path.exists():
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
@@ -34,6 +41,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -46,10 +59,27 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def check_writable(paths: list[Path], overwrite: bool) -> None:
-    """Refuse, before any work starts, to replace existing files without ``overwrite``."""
+    """Refuse, before any work starts, to replace existing files without ``overwrite``,
+    and outputs that could not be written at all (a folder in the way of a file, a
+    file in the way of a folder)."""
+    checked: set[Path] = set()
+    for p in paths:
+        if p.is_dir():
+            raise UsageError(f"{p} is a folder, where an output file would go")
+        for parent in p.parents:
+            if parent in checked:
+                break
+            checked.add(parent)
+            if parent.exists():
+                if not parent.is_dir():
+                    raise UsageError(f"{parent} is a file, where an output folder would go; choose another --out")
+                break
     if overwrite:
         return
     existing = [p for p in paths if p.exists()]
     if existing:
-        what = f"{existing[0]} and {len(existing) - 1} more output files already exist" if len(existing) > 1 else f"{existing[0]} already exists"
-        raise UsageError(f"{what}; pass --overwrite to replace them")
+        if len(existing) > 1:
+            raise UsageError(
+                f"{existing[0]} and {len(existing) - 1} more output file(s) already exist; pass --overwrite to replace them"
+            )
+        raise UsageError(f"{existing[0]} already exists; pass --overwrite to replace it")

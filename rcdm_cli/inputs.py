@@ -4,6 +4,7 @@ paths on standard input, one per line; and reading them with clear errors."""
 from __future__ import annotations
 
 import glob
+import os
 import sys
 from pathlib import Path
 from typing import Iterable, TextIO
@@ -20,10 +21,23 @@ def is_image_path(path: Path) -> bool:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Every image file under ``folder``, in sorted order (hidden files skipped)."""
-    return sorted(
-        p for p in folder.rglob("*") if p.is_file() and is_image_path(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    """Every image file under ``folder``, in sorted order (hidden files and folders
+    skipped). Linked sub-folders are followed, as data sets are often assembled from
+    links into shared storage; each real folder is visited once, so a link cycle ends."""
+    found: list[Path] = []
+    visited: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in visited:
+            dirs[:] = []
+            continue
+        visited.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            path = Path(root) / name
+            if not name.startswith(".") and is_image_path(path) and path.is_file():
+                found.append(path)
+    return sorted(found)
 
 
 def expand_inputs(items: Iterable[str], stdin: TextIO | None = None) -> list[Path]:
@@ -58,9 +72,14 @@ def _expand_one(item: str) -> Path | list[Path]:
     if path.is_file():
         return path
     if any(ch in item for ch in "*?["):
-        matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True) if Path(m).is_file())
-        if not matches:
+        files = [Path(m) for m in glob.glob(str(path), recursive=True) if Path(m).is_file()]
+        if not files:
             raise UsageError(f"no files match {item!r}")
+        # like a folder, a pattern stands for the images it matches (`photos/*` may
+        # also match a notes.txt); a file named outright is always taken
+        matches = sorted(p for p in files if is_image_path(p))
+        if not matches:
+            raise UsageError(f"no images among the {len(files)} file(s) matching {item!r} ({', '.join(IMAGE_SUFFIXES)})")
         return matches
     raise UsageError(f"no such image: {item}")
 

@@ -46,14 +46,39 @@ class SampleLayout:
 
 
 def unique_names(stems: list[str]) -> list[str]:
-    """Output names from input stems, numbered where two inputs share a stem."""
-    seen: dict[str, int] = {}
+    """Output names from input stems, numbered where two inputs share a stem; a number
+    is never one that another input's own stem already takes (``a``, ``a``, ``a-2``)."""
+    taken = set(stems)
+    used: set[str] = set()
     names = []
     for stem in stems:
-        count = seen.get(stem, 0)
-        seen[stem] = count + 1
-        names.append(stem if count == 0 else f"{stem}-{count + 1}")
+        name, k = stem, 1
+        while name in used or (name != stem and name in taken):
+            k += 1
+            name = f"{stem}-{k}"
+        used.add(name)
+        names.append(name)
     return names
+
+
+def write_input(
+    layout: SampleLayout, j: int, samples: torch.Tensor, conditioning: Image.Image | None = None
+) -> tuple[list[str], str]:
+    """Write input ``j``'s samples (``samples`` is n x 3 x H x W) and its grid, the
+    conditioning image first when there is one. Returns (sample paths, grid path)."""
+    tiles, labels, paths = [], [], []
+    if conditioning is not None:
+        tiles.append(conditioning)
+        labels.append("input")
+    for k in range(layout.n):
+        image = to_pil(samples[k])
+        path = layout.sample_path(j, k)
+        save_png(image, path)
+        paths.append(str(path))
+        tiles.append(image)
+        labels.append(f"#{k}")
+    save_png(make_grid(tiles, labels, columns=min(len(tiles), 9)), layout.grid_path(j))
+    return paths, str(layout.grid_path(j))
 
 
 def write_samples(
@@ -61,26 +86,13 @@ def write_samples(
     samples: torch.Tensor,
     conditioning: list[Image.Image | None] | None = None,
 ) -> dict[str, list[list[str]] | list[str]]:
-    """Write every sample and one grid per input (the conditioning image first when
-    there is one). Returns the written paths, per input."""
+    """Write every input's samples and grid. Returns the written paths, per input."""
     sample_paths: list[list[str]] = []
     grid_paths: list[str] = []
-    for j, name in enumerate(layout.names):
-        tiles, labels, paths = [], [], []
-        cond = conditioning[j] if conditioning else None
-        if cond is not None:
-            tiles.append(cond)
-            labels.append("input")
-        for k in range(layout.n):
-            image = to_pil(samples[j, k])
-            path = layout.sample_path(j, k)
-            save_png(image, path)
-            paths.append(str(path))
-            tiles.append(image)
-            labels.append(f"#{k}")
-        save_png(make_grid(tiles, labels, columns=min(len(tiles), 9)), layout.grid_path(j))
+    for j in range(len(layout.names)):
+        paths, grid = write_input(layout, j, samples[j], conditioning[j] if conditioning else None)
         sample_paths.append(paths)
-        grid_paths.append(str(layout.grid_path(j)))
+        grid_paths.append(grid)
     return {"samples": sample_paths, "grids": grid_paths}
 
 
@@ -147,7 +159,10 @@ def write_strip(
 
         buf = io.BytesIO()
         fmt = "GIF" if layout.animation == "gif" else "WEBP"
-        sequence[0].save(buf, format=fmt, save_all=True, append_images=sequence[1:], duration=150, loop=0)
+        # lossless WebP: lossy encoding blurs small frame-to-frame changes, and merges
+        # nearly identical frames, which is what an interpolation is made of
+        extra = {"lossless": True} if fmt == "WEBP" else {}
+        sequence[0].save(buf, format=fmt, save_all=True, append_images=sequence[1:], duration=150, loop=0, **extra)
         write_bytes(layout.animation_path, buf.getvalue())
         written["animation"] = str(layout.animation_path)
     return written

@@ -23,6 +23,8 @@ def _pick(tensors: dict[str, torch.Tensor], path: Path, preferred: tuple[str, ..
             return tensors[key]
     if len(tensors) == 1:
         return next(iter(tensors.values()))
+    if not tensors:
+        raise UsageError(f"{path} holds no tensors")
     raise UsageError(
         f"{path} holds several tensors ({', '.join(sorted(tensors))}); name one of them "
         f"{' or '.join(repr(k) for k in preferred)}"

@@ -91,7 +91,8 @@ def test_sample_from_images_uses_the_metadata_encoder_and_preprocessing(capsys, 
 def test_folder_glob_and_stdin_inputs(capsys, images, random_ckpt, tmp_path, monkeypatch):
     folder = images[0].parent
     code, out, err = rcdm(capsys, "sample", folder, "-c", random_ckpt, "-n", 1, *FAST, "-o", tmp_path / "a", "--json")
-    assert code == 0, err and len(json.loads(out)["outputs"]) == 3
+    assert code == 0, err
+    assert len(json.loads(out)["outputs"]) == 3
     code, out, err = rcdm(capsys, "sample", str(folder / "img[01].png"), "-c", random_ckpt, "-n", 1, *FAST, "-o", tmp_path / "b", "--json")
     assert code == 0 and [o["name"] for o in json.loads(out)["outputs"]] == ["img0", "img1"]
     monkeypatch.setattr("sys.stdin", io.StringIO(f"{images[2]}\n\n{images[0]}\n"))
@@ -281,3 +282,162 @@ def test_attribute_transfer_command(capsys, images, random_ckpt, tmp_path):
     assert len(manifest["neighbors"]) == 3 and 0 < manifest["shared_dimensions"] <= 2048
     code, _, err = rcdm(capsys, "arith", "--attribute-from", images[0], "--neighbors", images[0].parent, "--target", images[1], "--k", 9, "-c", random_ckpt, "-o", tmp_path / "u")
     assert code == 2 and "fewer than --k 9" in err
+
+
+# --- outputs, inputs and failures ------------------------------------------------------------
+
+
+def test_output_names_never_collide():
+    from rcdm_cli.outputs import unique_names
+
+    assert unique_names(["a", "a", "a-2"]) == ["a", "a-3", "a-2"]
+    assert unique_names(["a", "a", "a"]) == ["a", "a-2", "a-3"]
+    names = unique_names(["x", "x-2", "x", "x-2"])
+    assert len(set(names)) == 4 and names[:2] == ["x", "x-2"]
+
+
+def test_inputs_with_the_same_name_get_their_own_outputs(capsys, images, random_ckpt, tmp_path):
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "a.png").write_bytes(images[0].read_bytes())
+    (tmp_path / "a-2.png").write_bytes(images[1].read_bytes())
+    inputs = [tmp_path / "x" / "a.png", tmp_path / "y" / "a.png", tmp_path / "a-2.png"]
+    code, out, err = rcdm(capsys, "sample", *inputs, "-c", random_ckpt, "-n", 1, *FAST, "-o", tmp_path / "s", "--json")
+    assert code == 0, err
+    grids = [o["grid"] for o in json.loads(out)["outputs"]]
+    assert len(set(grids)) == 3 and all(Path(g).is_file() for g in grids)
+
+
+def test_outputs_are_as_readable_as_the_umask_allows(capsys, images, random_ckpt, tmp_path):
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        code, out, err = rcdm(capsys, "sample", images[0], "-c", random_ckpt, "-n", 1, *FAST, "-o", tmp_path / "s", "--json")
+    finally:
+        os.umask(previous)
+    assert code == 0, err
+    manifest = json.loads(out)
+    for path in [tmp_path / "s" / "manifest.json", manifest["outputs"][0]["grid"], *manifest["outputs"][0]["samples"]]:
+        assert os.stat(path).st_mode & 0o777 == 0o644
+
+
+def test_globs_take_only_images_and_linked_folders_are_followed(capsys, images, random_ckpt, tmp_path):
+    from rcdm_cli.inputs import expand_inputs
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "one.png").write_bytes(images[0].read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    assert expand_inputs([str(folder / "*")]) == [folder / "one.png"]
+    with pytest.raises(UsageError, match="no images among the 1 file"):
+        expand_inputs([str(folder / "*.txt")])
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "linked").symlink_to(folder, target_is_directory=True)
+    (folder / "loop").symlink_to(tmp_path / "data", target_is_directory=True)  # a cycle ends
+    assert [p.name for p in expand_inputs([str(tmp_path / "data")])] == ["one.png"]
+
+
+def test_an_interrupted_run_keeps_the_finished_inputs(capsys, images, random_ckpt, tmp_path, monkeypatch):
+    import rcdm_cli.pipeline.sampling as sampling
+
+    real = sampling.get_sampler
+    calls = []
+
+    def failing_second_batch(name):
+        sampler = real(name)
+
+        def wrapped(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return sampler(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(sampling, "get_sampler", failing_second_batch)
+    out = tmp_path / "s"
+    code, _, err = rcdm(capsys, "sample", images[0], images[1], "-c", random_ckpt, "-n", 2, "-b", 2, *FAST, "-o", out)
+    assert code == 130 and "interrupted" in err and "stopped after 1 of 2 input(s)" in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is False and [o["name"] for o in manifest["outputs"]] == ["img0"]
+    assert all(Path(p).is_file() for p in manifest["outputs"][0]["samples"]) and (out / "img0-grid.png").is_file()
+    assert not (out / "img1-grid.png").exists() and not list(out.rglob(".*.tmp"))
+
+
+def test_bad_output_places_and_noise_fail_before_any_work(capsys, images, random_ckpt, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = rcdm(capsys, "sample", images[0], "-c", random_ckpt, "-n", 1, *FAST, "-o", blocker)
+    assert code == 2 and "is a file, where an output folder would go" in err and "encoding" not in err
+    from safetensors.torch import save_file
+
+    noise = tmp_path / "noise.safetensors"
+    save_file({"noise": torch.zeros(3, 3, 32, 32)}, str(noise))
+    code, _, err = rcdm(capsys, "sample", images[0], "-c", random_ckpt, "-n", 2, *FAST, "--noise", noise, "-o", tmp_path / "n")
+    assert code == 2 and "initial noise must have shape 2x3x32x32 or 1x3x32x32, got 3x3x32x32" in err
+    assert not (tmp_path / "n").exists()
+    code, _, err = rcdm(capsys, "sample", images[0], "-c", random_ckpt, "--seed", "-1", *FAST, "-o", tmp_path / "m")
+    assert code == 2 and "--seed must be a non-negative integer" in err
+
+
+def test_interpolate_and_arith_keep_existing_outputs(capsys, images, random_ckpt, tmp_path):
+    for args in (
+        ["interpolate", images[0], images[1], "--frames", 2],
+        ["arith", f"{images[0]} - {images[1]}"],
+    ):
+        out = tmp_path / args[0]
+        code, _, err = rcdm(capsys, *args, "-c", random_ckpt, "-n", 1, *FAST, "-o", out)
+        assert code == 0, err
+        before = (out / "manifest.json").read_bytes()
+        code, _, err = rcdm(capsys, *args, "-c", random_ckpt, "-n", 1, *FAST, "-o", out)
+        assert code == 2 and "--overwrite" in err
+        assert (out / "manifest.json").read_bytes() == before
+
+
+def test_arith_checks_the_whole_expression_before_any_work(capsys, images, random_ckpt, tmp_path):
+    for text, message in (
+        ("2 + 3", "is a number"),
+        (f"{images[0]} * {images[1]}", "cannot be multiplied"),
+        (f"1e999*{images[0]}", "too large to represent"),
+    ):
+        code, _, err = rcdm(capsys, "arith", text, "-c", random_ckpt, *FAST, "-o", tmp_path / "a")
+        assert code == 2 and message in err and "column" in err, err
+        assert "encoding" not in err and not (tmp_path / "a").exists()
+
+
+def test_attribute_transfer_refuses_folders_and_rescale(capsys, images, random_ckpt, tmp_path):
+    common = ["--neighbors", images[0].parent, "--k", 2, "--n-common", 1, "-c", random_ckpt, *FAST, "-o", tmp_path / "t"]
+    code, _, err = rcdm(capsys, "arith", "--attribute-from", images[0], "--target", images[0].parent, *common)
+    assert code == 2 and "--target must be an image file" in err
+    code, _, err = rcdm(capsys, "arith", "--attribute-from", images[0], "--target", images[1], "--rescale", *common)
+    assert code == 2 and "--rescale applies to expressions" in err
+
+
+@pytest.mark.parametrize(
+    "recorded, given, message",
+    [
+        (RCDM.to_dict(), "native", "--preprocessing native contradicts it"),
+        (None, "rcdm", "--preprocessing rcdm contradicts it"),
+        (RCDM.to_dict(), "squash", "unknown preprocessing 'squash'"),
+    ],
+)
+def test_any_preprocessing_contradiction_is_an_error(recorded, given, message):
+    from rcdm_cli.pipeline.conditioning import plan_conditioning
+
+    native = create_encoder("random").preprocessing.to_dict()
+    meta = CheckpointMeta(
+        unet=PRESETS["tiny"].unet.with_rep_dim(2048), diffusion=PRESETS["tiny"].diffusion,
+        encoder=EncoderInfo(name="random", layer="backbone", rep_dim=2048, preprocessing=recorded or native),
+    )
+    with pytest.raises(UsageError, match=message):
+        plan_conditioning(meta, preprocessing=given)
+    assert plan_conditioning(meta).preprocessing.to_dict() == (recorded or native)
+
+
+def test_a_weights_variant_the_model_was_not_trained_with_is_refused(random_ckpt):
+    from rcdm_cli.checkpoint.store import read_meta
+    from rcdm_cli.pipeline.conditioning import plan_conditioning
+
+    with pytest.raises(UsageError, match="--encoder random@other contradicts it"):
+        plan_conditioning(read_meta(random_ckpt), encoder="random@other")

@@ -68,12 +68,12 @@ def arith(
     from rcdm_cli.devices import resolve_device
     from rcdm_cli.fileio import check_writable, write_json
     from rcdm_cli.imaging import make_grid, save_png, to_pil
-    from rcdm_cli.inputs import expand_inputs, list_images, load_image
+    from rcdm_cli.inputs import list_images, load_image
     from rcdm_cli.outputs import SampleLayout, write_samples
     from rcdm_cli.pipeline import expression as expr
     from rcdm_cli.pipeline.representations import remove_shared, rescale_to, shared_dimensions, transfer_attributes
     from rcdm_cli.pipeline.runner import RCDMRun
-    from rcdm_cli.pipeline.sampling import SamplingOptions
+    from rcdm_cli.pipeline.sampling import SamplingOptions, resolved_eta
     from rcdm_cli.preprocessing import diffusion_target
 
     transfer = any(v is not None for v in (attribute_from, neighbors, target))
@@ -83,10 +83,15 @@ def arith(
         raise UsageError("give an expression such as \"a.jpg - b.jpg + c.jpg\" (or --attribute-from/--neighbors/--target)")
     if transfer and None in (attribute_from, neighbors, target):
         raise UsageError("attribute transfer needs all of --attribute-from, --neighbors and --target")
+    if transfer and rescale:
+        raise UsageError("--rescale applies to expressions; attribute transfer keeps the representations' own scale")
 
     # Parse and check every input before loading anything.
     if transfer:
-        operand_paths = [expand_inputs([str(attribute_from)])[0], expand_inputs([str(target)])[0]]
+        for flag, value in (("--attribute-from", attribute_from), ("--target", target)):
+            if not Path(value).expanduser().is_file():
+                raise UsageError(f"{flag} must be an image file, got {value}")
+        operand_paths = [Path(attribute_from).expanduser(), Path(target).expanduser()]
         if not Path(neighbors).is_dir():
             raise UsageError(f"--neighbors must be a folder of images, got {neighbors}")
         bank_paths = list_images(Path(neighbors))
@@ -114,6 +119,9 @@ def arith(
     )
     diffusion = run.check(None, n, options)
     pictures = [load_image(p) for p in operand_paths]
+    if transfer:
+        for p in bank_paths:  # a damaged neighbour fails now, not after the encoding
+            load_image(p)
     layout = SampleLayout(out, names, n)
     overview = out / "overview.png"
     check_writable([*layout.planned(False), overview], overwrite)
@@ -121,8 +129,16 @@ def arith(
     operand_reps = encode_with_status(run, pictures, batch_size)
     details: dict = {}
     if transfer:
-        bank = encode_with_status(run, [load_image(p) for p in bank_paths], batch_size)
+        bank = torch.cat([
+            encode_with_status(run, [load_image(p) for p in bank_paths[i : i + batch_size]], batch_size)
+            for i in range(0, len(bank_paths), batch_size)
+        ])
         neighbour_idx, shared = shared_dimensions(operand_reps[0], bank, k, n_common)
+        if bool(shared.all()):
+            log.warning(
+                "every dimension is active in more than %d of the %d neighbours (a representation without zeros, "
+                "such as a projector head's or a ViT's): the transfer replaces the whole representation", n_common, k,
+            )
         source, tgt = operand_reps[0], operand_reps[1]
         reps = torch.stack([source, remove_shared(source, shared), transfer_attributes(source, tgt, shared)])
         details = {
@@ -164,7 +180,9 @@ def arith(
         "checkpoint": run.checkpoint_info(),
         "encoder": run.encoder_info(),
         "n": n,
-        "sampling": {**options.to_dict(), "same_noise": True, "network_calls": diffusion.num_timesteps},
+        "sampling": {
+            **options.to_dict(), "eta": resolved_eta(options), "same_noise": True, "network_calls": diffusion.num_timesteps,
+        },
         "device": str(run.device),
         "outputs": [
             {"name": name, "grid": written["grids"][j], "samples": written["samples"][j]} for j, name in enumerate(names)

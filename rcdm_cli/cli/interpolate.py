@@ -69,11 +69,13 @@ def interpolate(
     from rcdm_cli.pipeline.representations import interpolate as make_path
     from rcdm_cli.pipeline.representations import interpolation_weights
     from rcdm_cli.pipeline.runner import RCDMRun
-    from rcdm_cli.pipeline.sampling import SamplingOptions
+    from rcdm_cli.pipeline.sampling import SamplingOptions, resolved_eta
     from rcdm_cli.preprocessing import diffusion_target
 
     if animation not in (None, "gif", "webp"):
         raise UsageError(f"--animation must be gif or webp, got {animation!r}")
+    if n <= 0:
+        raise UsageError(f"--rows must be positive, got {n}")
     if mode not in ("lerp", "slerp"):
         raise UsageError(f"unknown interpolation mode {mode!r}; choose lerp or slerp")
     positions = interpolation_weights(frames).tolist()
@@ -107,7 +109,7 @@ def interpolate(
         "positions": positions,
         "same_noise": same_noise,
         "rows": n,
-        "sampling": {**options.to_dict(), "network_calls": diffusion.num_timesteps},
+        "sampling": {**options.to_dict(), "eta": resolved_eta(options), "network_calls": diffusion.num_timesteps},
         "device": str(run.device),
         "outputs": written,
         "seeds": result.seeds if not same_noise else result.seeds[0],

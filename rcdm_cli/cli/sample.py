@@ -107,9 +107,9 @@ def sample(
     from rcdm_cli.fileio import check_writable, write_json
     from rcdm_cli.imaging import to_pil
     from rcdm_cli.inputs import expand_inputs, load_image
-    from rcdm_cli.outputs import SampleLayout, unique_names, write_samples
+    from rcdm_cli.outputs import SampleLayout, unique_names, write_input
     from rcdm_cli.pipeline.runner import RCDMRun
-    from rcdm_cli.pipeline.sampling import SamplingOptions, load_noise
+    from rcdm_cli.pipeline.sampling import SamplingOptions, load_noise, resolved_eta, sample_seed
     from rcdm_cli.preprocessing import diffusion_target
     from rcdm_cli.tensorfile import load_tensor, save_tensors
 
@@ -145,42 +145,66 @@ def sample(
     layout = SampleLayout(out, names, n)
     check_writable(layout.planned(save_tensors_), overwrite)
 
-    # 2. Representations, then samples.
+    # 2. Representations, then samples; each input's files are written as soon as
+    # its samples are complete, so an interrupted run keeps what it finished.
+    started = time.perf_counter()
     if inputs:
         reps = encode_with_status(run, pictures, batch_size)
     elif reps is None:
         reps = torch.randn(random_count, run.meta.rep_dim, generator=torch.Generator().manual_seed(seed))
-    result = sample_with_progress(run, reps, n, options, diffusion.num_timesteps, noise=noise_tensor)
-    total_images = reps.shape[0] * n
+    encode_seconds = time.perf_counter() - started
     shown = [to_pil(diffusion_target(im, run.meta.image_size)) for im in pictures] if pictures else None
-    written = write_samples(layout, result.samples, conditioning=shown)
+    written: dict[int, tuple[list[str], str]] = {}
+
+    def write_row(j: int, row: torch.Tensor) -> None:
+        written[j] = write_input(layout, j, row, shown[j] if shown else None)
+
+    def manifest(result=None) -> dict:
+        return {
+            "command": "sample",
+            "rcdm_version": __version__,
+            "complete": result is not None,
+            "checkpoint": run.checkpoint_info(),
+            "encoder": run.encoder_info(),
+            "inputs": [str(p) for p in inputs] if inputs else {"rep": rep, "count": int(reps.shape[0])},
+            "n": n,
+            "image_size": run.meta.image_size,
+            "sampling": {
+                **options.to_dict(), "eta": resolved_eta(options), "noise": str(noise) if noise else None,
+                "network_calls": diffusion.num_timesteps,
+            },
+            "device": str(run.device),
+            "outputs": [
+                {"name": names[j], "grid": written[j][1], "samples": written[j][0], "seeds": seeds[j]}
+                for j in sorted(written)
+            ],
+            "tensors": str(layout.tensors_path) if save_tensors_ and result is not None else None,
+            "timings": {
+                "encode_seconds": round(encode_seconds, 3),
+                "sample_seconds": round(result.seconds, 3) if result else None,
+                "seconds_per_image": round(result.seconds / (reps.shape[0] * n), 4) if result else None,
+                "total_seconds": round(time.perf_counter() - started, 3),
+            },
+        }
+
+    seeds = [[sample_seed(seed, j, k) for k in range(n)] for j in range(reps.shape[0])]
+    try:
+        result = sample_with_progress(run, reps, n, options, diffusion.num_timesteps, noise=noise_tensor, on_row=write_row)
+    except BaseException:
+        if written:  # say what the finished inputs are, and that the run is not whole
+            write_json(layout.manifest_path, manifest())
+            log.warning(
+                "stopped after %d of %d input(s); their files and an incomplete manifest are in %s",
+                len(written), len(names), out,
+            )
+        raise
     if save_tensors_:
         save_tensors(layout.tensors_path, {"samples": result.samples, "reps": reps}, {"rcdm": __version__})
-
-    manifest = {
-        "command": "sample",
-        "rcdm_version": __version__,
-        "checkpoint": run.checkpoint_info(),
-        "encoder": run.encoder_info(),
-        "inputs": [str(p) for p in inputs] if inputs else {"rep": rep, "count": int(reps.shape[0])},
-        "n": n,
-        "image_size": run.meta.image_size,
-        "sampling": {**options.to_dict(), "noise": str(noise) if noise else None, "network_calls": diffusion.num_timesteps},
-        "device": str(run.device),
-        "outputs": [
-            {"name": name, "grid": written["grids"][j], "samples": written["samples"][j], "seeds": result.seeds[j]}
-            for j, name in enumerate(names)
-        ],
-        "tensors": str(layout.tensors_path) if save_tensors_ else None,
-        "timings": {
-            "sample_seconds": round(result.seconds, 3),
-            "seconds_per_image": round(result.seconds / total_images, 4),
-        },
-    }
-    write_json(layout.manifest_path, manifest)
+    final = manifest(result)
+    write_json(layout.manifest_path, final)
     if json_out:
-        print_json(manifest)
+        print_json(final)
     log.info(
-        "wrote %d samples and %d grid(s) to %s in %.1f s; manifest: %s",
-        total_images, len(names), out, result.seconds, layout.manifest_path,
+        "wrote %d sample(s) and %d grid(s) to %s in %.1f s; manifest: %s",
+        reps.shape[0] * n, len(names), out, result.seconds, layout.manifest_path,
     )

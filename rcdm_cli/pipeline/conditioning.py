@@ -74,11 +74,14 @@ def plan_conditioning(
 ) -> ConditioningPlan:
     registry = get_registry()
     recorded = meta.encoder
+    if preprocessing is not None and preprocessing not in ("native", "rcdm"):
+        raise UsageError(f"unknown preprocessing {preprocessing!r}: expected native or rcdm")
     if recorded is not None:
         if encoder is not None:
             given = EncoderName.parse(encoder)
+            recorded_variant = EncoderName.parse(recorded.name).variant or recorded.weights
             if given.base != EncoderName.parse(recorded.name).base or (
-                given.variant and recorded.weights and given.variant != recorded.weights
+                given.variant and given.variant != recorded_variant
             ):
                 raise UsageError(
                     f"the model was trained on {recorded.name}/{recorded.layer} representations; "
@@ -89,7 +92,8 @@ def plan_conditioning(
                 f"the model was trained on the {recorded.layer!r} layer of {recorded.name}; "
                 f"--layer {layer} contradicts it (leave --layer out)"
             )
-        if preprocessing is not None and preprocessing != "rcdm" and recorded.preprocessing.get("name") == "rcdm":
+        recorded_kind = "rcdm" if recorded.preprocessing.get("name") == "rcdm" else "native"
+        if preprocessing is not None and preprocessing != recorded_kind:
             raise UsageError(
                 f"the model was trained on representations of {Preprocessing.from_dict(recorded.preprocessing).describe()} "
                 f"inputs; --preprocessing {preprocessing} contradicts it"

@@ -13,6 +13,7 @@ number (``my-dog.jpg``, ``2.jpg``), or any text in single or double quotes
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Callable, Union
@@ -142,8 +143,11 @@ class _Parser:
     def factor(self) -> Node:
         tok = self.tok
         if tok.kind == "num":
+            value = float(tok.text)
+            if not math.isfinite(value):
+                self.fail(f"the weight {tok.text} is too large to represent", tok)
             self.i += 1
-            return Num(float(tok.text), tok.pos)
+            return Num(value, tok.pos)
         if tok.kind == "path":
             self.i += 1
             return Path_(tok.text, tok.pos)
@@ -164,7 +168,13 @@ class _Parser:
 
 
 def parse(expression: str) -> Node:
-    return _Parser(expression).parse()
+    """The syntax tree, after checking that the expression is well-typed (it combines
+    images with numbers as weights): every mistake is found here, before any image
+    is read or encoded."""
+    node = _Parser(expression).parse()
+    if not torch.isfinite(evaluate(expression, node, lambda path: torch.ones(1))).all():
+        raise ExpressionError(expression, 0, "the weights multiply to a number too large to represent")
+    return node
 
 
 def paths(node: Node) -> list[Path_]:

@@ -66,6 +66,23 @@ def autocast(device: torch.device | str, precision: str, *, cache: bool = True):
     return torch.autocast(device_type=torch.device(device).type, dtype=_DTYPES[precision], cache_enabled=cache)
 
 
+@contextlib.contextmanager
+def exact_float32(device: torch.device | str, precision: str):
+    """For ``fp32`` on CUDA, float32 arithmetic without TF32: PyTorch lets cuDNN
+    convolutions round their inputs to TF32 (10-bit mantissas) by default, which
+    would make GPU samples differ from CPU ones by far more than float rounding.
+    Other precisions, and other devices, are left as they are."""
+    if precision != "fp32" or torch.device(device).type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 # --- torch.compile with a way back ------------------------------------------------------------
 
 

@@ -95,8 +95,11 @@ class RCDMRun:
         noise: torch.Tensor | None = None,
         same_noise: bool = False,
         progress: Callable[[SampleBatchProgress], None] | None = None,
+        on_row: Callable[[int, torch.Tensor], None] | None = None,
     ) -> SampleResult:
-        return sample_representations(self.model, reps, n, options, noise=noise, same_noise=same_noise, progress=progress)
+        return sample_representations(
+            self.model, reps, n, options, noise=noise, same_noise=same_noise, progress=progress, on_row=on_row
+        )
 
     def checkpoint_info(self) -> dict:
         ckpt = self.checkpoint

@@ -19,7 +19,7 @@ from rcdm_cli.checkpoint.metadata import CheckpointMeta
 from rcdm_cli.diffusion.gaussian import GaussianDiffusion, randn
 from rcdm_cli.diffusion.samplers import get_sampler
 from rcdm_cli.errors import UsageError
-from rcdm_cli.pipeline.model import PRECISIONS, RCDMModel, Speed, check_precision
+from rcdm_cli.pipeline.model import PRECISIONS, RCDMModel, Speed, check_precision, exact_float32
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,8 @@ def load_noise(noise: torch.Tensor, n: int, image_size: int) -> torch.Tensor:
     """Check a user-supplied initial noise: n x 3 x H x W, or 1 x 3 x H x W to broadcast."""
     shape = tuple(noise.shape)
     if noise.ndim != 4 or shape[1:] != (3, image_size, image_size) or shape[0] not in (1, n):
-        raise UsageError(
-            f"initial noise must have shape {n}x3x{image_size}x{image_size} or 1x3x{image_size}x{image_size}, "
-            f"got {'x'.join(map(str, shape))}"
-        )
+        wanted = f"{n}x3x{image_size}x{image_size}" + (f" or 1x3x{image_size}x{image_size}" if n > 1 else "")
+        raise UsageError(f"initial noise must have shape {wanted}, got {'x'.join(map(str, shape))}")
     if not torch.isfinite(noise).all():
         raise UsageError("initial noise contains NaN or infinite values")
     return noise.float().expand(n, -1, -1, -1)
@@ -104,11 +102,15 @@ def check_request(
     bad request fails before the weights are loaded; returns the respaced diffusion."""
     if n <= 0:
         raise UsageError(f"the number of samples must be positive, got {n}")
+    if options.seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {options.seed}")
     if options.batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {options.batch_size}")
     get_sampler(options.sampler)
     if options.eta is not None and options.sampler != "ddim":
         raise UsageError("--eta applies to the DDIM sampler only")
+    if options.eta is not None and not options.eta >= 0:
+        raise UsageError(f"--eta must be >= 0, got {options.eta}")
     if options.precision not in PRECISIONS:
         raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {options.precision!r}")
     if device is not None:
@@ -116,6 +118,14 @@ def check_request(
     if reps is not None:
         check_reps(reps, meta.rep_dim)
     return GaussianDiffusion.from_config(meta.diffusion, respacing=options.steps or "")
+
+
+def resolved_eta(options: SamplingOptions) -> float | None:
+    """The DDIM noise actually used (0 when not given), for manifests; None for the
+    samplers that have no such setting."""
+    if options.sampler != "ddim":
+        return None
+    return 0.0 if options.eta is None else float(options.eta)
 
 
 def check_reps(reps: torch.Tensor, rep_dim: int | None) -> torch.Tensor:
@@ -137,12 +147,16 @@ def sample_representations(
     noise: torch.Tensor | None = None,
     same_noise: bool = False,
     progress: Callable[[SampleBatchProgress], None] | None = None,
+    on_row: Callable[[int, torch.Tensor], None] | None = None,
 ) -> SampleResult:
     """Draw ``n`` samples for each row of ``reps``; returns images in [-1, 1].
 
     With ``same_noise`` every row uses the same n random streams (initial and
     per-step noise), so that differences between rows come from the representation
-    alone (interpolation paths, arithmetic variants).
+    alone (interpolation paths, arithmetic variants). ``on_row(j, samples)`` is called
+    as soon as row ``j``'s n samples are complete (rows complete in order), so that a
+    long run can write its results as it goes and an interruption loses only the
+    rows in progress.
     """
     diffusion = check_request(model.meta, reps, n, options, model.device)
     model.accelerate(options.speed())
@@ -157,6 +171,7 @@ def sample_representations(
     out = torch.empty(reps.shape[0], n, 3, size, size)
     batches = [jobs[i : i + options.batch_size] for i in range(0, len(jobs), options.batch_size)]
     start = time.perf_counter()
+    next_row = 0
     for b, batch in enumerate(batches):
         generators = [torch.Generator().manual_seed(seeds[j][k]) for j, k in batch]
         x_T = randn((len(batch), 3, size, size), generators, model.device)
@@ -168,15 +183,22 @@ def sample_representations(
             if progress is not None:
                 progress(SampleBatchProgress(b + 1, len(batches), info["step"], info["total"]))
 
-        x0 = sampler(
-            model.denoiser(batch_reps),
-            diffusion,
-            x_T,
-            generator=generators,
-            clip_denoised=options.clip_denoised,
-            callback=report,
-            eta=options.eta,
-        )
+        with exact_float32(model.device, options.precision):
+            x0 = sampler(
+                model.denoiser(batch_reps),
+                diffusion,
+                x_T,
+                generator=generators,
+                clip_denoised=options.clip_denoised,
+                callback=report,
+                eta=options.eta,
+            )
         for (j, k), img in zip(batch, x0.float().cpu()):
-            out[j, k] = img
-    return SampleResult(out.clamp(-1, 1), time.perf_counter() - start, seeds)
+            out[j, k] = img.clamp(-1, 1)
+        last_j, last_k = batch[-1]
+        complete = last_j + 1 if last_k == n - 1 else last_j  # rows [0, complete) are done
+        if on_row is not None:
+            for j in range(next_row, complete):
+                on_row(j, out[j])
+        next_row = complete
+    return SampleResult(out, time.perf_counter() - start, seeds)
