@@ -198,6 +198,40 @@ def test_convert_refuses_mismatches(reference_dir, tmp_path, kwargs, error, mess
     assert not (tmp_path / "x.safetensors").exists()
 
 
+def _registry_dims(name):
+    from rcdm_cli.encoders import get_registry
+
+    layers, _ = get_registry().layers(name)
+    return {layer: dims[0] for layer, dims in layers.items()}
+
+
+@pytest.mark.parametrize(
+    "encoder, layer, message",
+    [
+        ("dino", "trunk", "dino/backbone gives 2048-d representations"),  # trunk is the backbone
+        ("dino", "stage9", "encoder 'dino' has no layer 'stage9'; it has: backbone"),
+        ("nosuchencoder", "backbone", "unknown encoder 'nosuchencoder'"),
+    ],
+)
+def test_convert_checks_encoder_and_layer_against_the_installed_encoders(reference_dir, tmp_path, encoder, layer, message):
+    path, flags, _ = _tiny_reference_official(reference_dir, tmp_path)
+    with pytest.raises(UsageError, match=message):
+        convert_official(str(path), tmp_path / "x.safetensors", flags=flags, encoder=encoder, layer=layer, layer_dims=_registry_dims)
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_converted_ema_files_are_labelled_ema_and_rcdm_files_are_recognised(reference_dir, tmp_path):
+    path, flags, _ = _tiny_reference_official(reference_dir, tmp_path)
+    ema = path.with_name("rcdm_ema_tiny.pt")
+    path.rename(ema)
+    out = tmp_path / "tiny.safetensors"
+    convert_official(str(ema), out, flags=flags)
+    meta = read_meta(out)
+    assert meta.weight_sets == ("ema",) and meta.default_weights == "ema"
+    with pytest.raises(UsageError, match="already an rcdm checkpoint"):
+        convert_official(str(out), tmp_path / "again.safetensors", flags=flags)
+
+
 def test_convert_without_flags_assumes_rcdm_128_and_says_so(reference_dir, tmp_path):
     path, _, _ = _tiny_reference_official(reference_dir, tmp_path)
     with pytest.raises(RcdmError, match="does not fit.*give the flags it was trained with"):

@@ -184,3 +184,32 @@ def test_download_progress_inside_a_status_spinner_falls_back_to_log_lines(monke
         progress = downloads_mod.download_progress()
         for done in (0, 512, 1024):
             progress(done, 1024)
+
+
+def test_a_bare_command_prints_its_help_and_no_empty_error(capsys):
+    code, out, err = rcdm(capsys, "convert")
+    assert code == 2 and "Usage: rcdm convert" in out and "error" not in err
+
+
+def test_errors_stay_on_one_line(capsys, monkeypatch, tmp_path):
+    from rcdm_cli.checkpoint import convert as convert_mod
+    from rcdm_cli.errors import RcdmError
+
+    def failing(*args, **kwargs):
+        raise RcdmError("first part\nsecond part")
+
+    monkeypatch.setattr(convert_mod, "convert_official", failing)
+    code, _, err = rcdm(capsys, "convert", tmp_path / "x.pt", "-o", tmp_path / "y.safetensors")
+    assert code == 1 and err.strip().splitlines() == ["rcdm: error: first part second part"]
+
+
+def test_library_warnings_are_kept_for_debug():
+    import logging
+
+    from rcdm_cli.cli.console import setup_logging
+
+    setup_logging(debug=False, quiet=False)
+    assert all(isinstance(h, logging.NullHandler) for h in logging.getLogger("py.warnings").handlers)
+    setup_logging(debug=True, quiet=False)
+    assert not any(isinstance(h, logging.NullHandler) for h in logging.getLogger("py.warnings").handlers)
+    setup_logging(debug=False, quiet=False)

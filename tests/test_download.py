@@ -3,6 +3,7 @@
 import dataclasses
 import hashlib
 import http.server
+import json
 import threading
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from rcdm_cli.checkpoint import released as released_mod
-from rcdm_cli.checkpoint.download import download, rcdm_home
+from rcdm_cli.checkpoint.download import download, rcdm_home, record_path
 from rcdm_cli.checkpoint.resolve import resolve_checkpoint
 from rcdm_cli.errors import RcdmError
 
@@ -57,13 +58,35 @@ def test_download_streams_into_place_with_progress(server, tmp_path):
     dest = download(f"{server}/file.bin", tmp_path / "f.bin", progress=lambda d, t: seen.append((d, t)))
     assert dest.read_bytes() == PAYLOAD
     assert seen[-1] == (len(PAYLOAD), len(PAYLOAD))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin", "f.bin.verified.json"]
 
 
 def test_cached_file_is_not_downloaded_again(server, tmp_path):
     dest = tmp_path / "f.bin"
     dest.write_bytes(b"already here")
     assert download(f"{server}/file.bin", dest).read_bytes() == b"already here"
+
+
+def test_a_cached_file_that_changed_since_its_download_is_refused(server, tmp_path):
+    dest = download(f"{server}/file.bin", tmp_path / "f.bin")
+    record = json.loads(record_path(dest).read_text())
+    assert record["bytes"] == len(PAYLOAD) and record["sha256"] == hashlib.sha256(PAYLOAD).hexdigest()
+    dest.write_bytes(PAYLOAD[:1000])  # cut short after the download
+    with pytest.raises(RcdmError, match=r"1000 bytes but 1048576 were downloaded.*delete it to download"):
+        download(f"{server}/file.bin", dest)
+
+
+def test_a_file_put_in_the_cache_by_hand_is_hashed_once(server, tmp_path, monkeypatch):
+    from rcdm_cli.checkpoint import download as download_mod
+
+    dest = tmp_path / "f.bin"
+    dest.write_bytes(PAYLOAD)
+    digest = hashlib.sha256(PAYLOAD).hexdigest()
+    with pytest.raises(RcdmError, match="does not have the published SHA-256"):
+        download(f"{server}/file.bin", dest, sha256_prefix="0000")
+    assert download(f"{server}/file.bin", dest, sha256_prefix=digest[:8]) == dest
+    monkeypatch.setattr(download_mod, "sha256sum", lambda path: pytest.fail("hashed twice"))
+    assert download(f"{server}/file.bin", dest, sha256_prefix=digest[:8]) == dest
 
 
 def test_cut_off_download_leaves_nothing_behind(server, tmp_path):

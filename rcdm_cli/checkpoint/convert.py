@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -36,14 +37,22 @@ def convert_official(
     rep_dim: int | None = None,
     dtype: str = "float32",
     progress: Progress | None = None,
+    layer_dims: Callable[[str], dict[str, int]] | None = None,
 ) -> dict:
-    """Load, check and re-save; returns a summary of what was written."""
+    """Load, check and re-save; returns a summary of what was written.
+
+    ``layer_dims(encoder)`` gives the widths of an encoder's layers (the CLI looks them
+    up in the encoder registry): with it, an encoder or layer that does not exist, or
+    whose width is not the file's, is refused here rather than at the first sampling.
+    """
     if dtype not in DTYPES:
         raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if flags and preset:
         raise UsageError("give --flags or --preset, not both")
     if (encoder is None) != (layer is None):
         raise UsageError("--encoder and --layer go together: give both or neither")
+    if layer == "trunk":  # the paper's and the original scripts' name for it
+        layer = "backbone"
 
     released = None
     if source.startswith("released:"):
@@ -77,6 +86,15 @@ def convert_official(
 
     if rep_dim is not None and file_rep != rep_dim:
         raise UsageError(f"{path} was trained on {file_rep}-d representations, not {rep_dim}-d (--rep-dim)")
+    if encoder is not None and layer_dims is not None:
+        dims = layer_dims(encoder)
+        if layer not in dims:
+            raise UsageError(f"encoder {encoder!r} has no layer {layer!r}; it has: {', '.join(dims)}")
+        if file_rep is not None and dims[layer] != file_rep:
+            raise UsageError(
+                f"{encoder}/{layer} gives {dims[layer]}-d representations, but {path} was trained "
+                f"on {file_rep}-d ones: wrong --encoder/--layer, or the wrong file"
+            )
     if encoder is not None:
         known = find_released(encoder, layer)
         if known is not None and file_rep != known.rep_dim:
@@ -106,9 +124,14 @@ def convert_official(
     source_info = {"kind": "converted", "file": path.name, "sha256": file_sha256(path)}
     if released is not None:
         source_info.update({"released": released.name, "url": released.url})
-    meta = CheckpointMeta(unet=unet, diffusion=diffusion, encoder=enc, source=source_info)
+    # The released files (rcdm_ema_*.pt) and guided-diffusion's ema_RATE_STEP.pt hold
+    # EMA weights; say so, as the released checkpoints' own metadata does.
+    weight_set = "ema" if released is not None or "ema" in path.name.lower() else "model"
+    meta = CheckpointMeta(
+        unet=unet, diffusion=diffusion, encoder=enc, source=source_info, weight_sets=(weight_set,), default_weights=weight_set
+    )
     target = DTYPES[dtype]
-    save_checkpoint(output, {"model": {k: v.to(target) for k, v in state.items()}}, meta)
+    save_checkpoint(output, {weight_set: {k: v.to(target) for k, v in state.items()}}, meta)
     return {
         "output": str(output),
         "description": meta.describe(),

@@ -3,7 +3,11 @@
 Files land in ``$RCDM_HOME`` (default: ``$XDG_CACHE_HOME/rcdm``, i.e. ``~/.cache/rcdm``).
 A download streams into ``<name>.part`` and is renamed into place only once its size
 matches the server's Content-Length (and its SHA-256, when one is known), so an
-interrupted download is never mistaken for a complete file. ``RCDM_OFFLINE=1`` forbids
+interrupted download is never mistaken for a complete file. Beside it,
+``<name>.verified.json`` records the size and SHA-256 of what arrived: a cached file
+that has since changed (a copy cut short, a disk error) is refused with the advice to
+delete it, and a file put there by hand is hashed once against a published digest,
+not on every use. ``RCDM_OFFLINE=1`` forbids
 any network access. When a file cannot be fetched, the error names the URL and the exact
 path where a copy obtained elsewhere can be put.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import socket
 import urllib.error
@@ -54,6 +59,44 @@ def _manual_hint(url: str, dest: Path) -> str:
     return f"download {url} by other means and put it at {dest}"
 
 
+def record_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".verified.json")
+
+
+def _read_record(dest: Path) -> dict | None:
+    try:
+        record = json.loads(record_path(dest).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _write_record(dest: Path, url: str, size: int, digest: str) -> None:
+    from rcdm_cli.fileio import write_json
+
+    try:
+        write_json(record_path(dest), {"url": url, "bytes": size, "sha256": digest})
+    except RcdmError:
+        pass  # a read-only cache still serves the file; it is checked again next time
+
+
+def _check_cached(url: str, dest: Path, sha256: str | None, sha256_prefix: str | None) -> None:
+    """Refuse a cached file that is not what was downloaded or published."""
+    record = _read_record(dest)
+    size = dest.stat().st_size
+    delete = f"delete it to download {url} again, or " + _manual_hint(url, dest)
+    if record is not None and record.get("bytes") != size:
+        raise RcdmError(f"{dest} is {size} bytes but {record.get('bytes')} were downloaded: the cached copy is damaged; {delete}")
+    known = record.get("sha256") if record is not None else None
+    if not (sha256 or sha256_prefix):
+        return
+    digest = known or sha256sum(dest)
+    if (sha256 and digest != sha256) or (sha256_prefix and not digest.startswith(sha256_prefix)):
+        raise RcdmError(f"{dest} does not have the published SHA-256 {sha256 or sha256_prefix + '...'}; {delete}")
+    if known is None:
+        _write_record(dest, url, size, digest)
+
+
 def download(
     url: str,
     dest: Path,
@@ -69,11 +112,7 @@ def download(
     torch hub file names carry them. Either is checked after downloading.
     """
     if dest.exists():
-        if sha256 and sha256sum(dest) != sha256:
-            raise RcdmError(
-                f"{dest} does not have the published SHA-256 {sha256}; delete it and retry, or "
-                + _manual_hint(url, dest)
-            )
+        _check_cached(url, dest, sha256, sha256_prefix)
         return dest
     if offline():
         raise RcdmError(f"{dest} is not in the cache and RCDM_OFFLINE is set; " + _manual_hint(url, dest))
@@ -102,6 +141,7 @@ def download(
         if sha256_prefix and not digest.hexdigest().startswith(sha256_prefix):
             raise RcdmError(f"download of {url} has SHA-256 {digest.hexdigest()}, expected {sha256_prefix}...")
         os.replace(part, dest)
+        _write_record(dest, url, done, digest.hexdigest())
     except (urllib.error.URLError, socket.timeout, ConnectionError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
         raise RcdmError(f"could not download {url} ({reason}); " + _manual_hint(url, dest)) from None

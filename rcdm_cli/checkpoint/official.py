@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from rcdm_cli.diffusion.config import UNetConfig
@@ -50,6 +50,9 @@ def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise UsageError(f"{path} is a folder, not a checkpoint file")
     if path.suffix == ".safetensors":
         try:
+            with safe_open(str(path), framework="pt") as f:
+                if "rcdm" in (f.metadata() or {}):
+                    raise UsageError(f"{path} is already an rcdm checkpoint: use it directly with --checkpoint")
             return load_file(str(path))
         except (SafetensorError, OSError) as exc:
             raise RcdmError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from None

@@ -24,7 +24,7 @@ from rcdm_cli.checkpoint.released import get_released
 from rcdm_cli.checkpoint.rundir import RunDir
 from rcdm_cli.checkpoint.store import load_checkpoint, read_meta
 from rcdm_cli.diffusion.config import get_preset
-from rcdm_cli.errors import UsageError
+from rcdm_cli.errors import RcdmError, UsageError
 
 # The width of a ResNet-50 trunk, the most common representation; used by `init:`
 # models when nothing else says which width to expect.
@@ -70,7 +70,10 @@ def resolve_checkpoint(spec: str, *, rep_dim: int | None = None, weights: str | 
 
         def load_released(progress):
             download(entry.url, path, progress=progress)
-            state = load_official_state_dict(path)
+            try:
+                state = load_official_state_dict(path)
+            except RcdmError as exc:
+                raise RcdmError(f"{exc}; delete the cached copy to download {entry.url} again") from None
             check_state_dict(state, meta.unet, source=f"{path} ({spec})")
             return state
 

@@ -78,7 +78,9 @@ _ClickException = _CLICK_ERRORS["ClickException"]
 
 
 def _fail(message: str, code: int) -> int:
-    err.print(f"rcdm: error: {message}", markup=False, highlight=False, soft_wrap=True)
+    # one line, whatever the message holds (an exception's text can span several)
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    err.print(f"rcdm: error: {line}", markup=False, highlight=False, soft_wrap=True)
     return code
 
 
@@ -92,6 +94,8 @@ def run(argv: list[str] | None = None) -> int:
     except typer.Exit as exc:
         return exc.exit_code
     except _ClickUsageError as exc:
+        if not exc.format_message().strip():  # a command run bare: its help was the answer
+            return EXIT_USAGE
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
         return _fail(exc.format_message() + hint, EXIT_USAGE)
     except (typer.Abort, KeyboardInterrupt):

@@ -45,6 +45,13 @@ def setup_logging(debug: bool, quiet: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # Libraries' Python warnings (torch's advice on legacy pickles, DataLoader notes)
+    # are paragraphs meant for developers: shown with --debug, silent otherwise, so
+    # that stderr holds rcdm's own lines. rcdm itself warns through logging.
+    logging.captureWarnings(True)
+    py_warnings = logging.getLogger("py.warnings")
+    py_warnings.handlers[:] = [handler] if debug else [logging.NullHandler()]
+    py_warnings.propagate = False
 
 
 def print_json(obj: Any) -> None:

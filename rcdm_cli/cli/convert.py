@@ -23,7 +23,7 @@ def convert(
         None, "--preset", help="A preset instead of --flags (default when neither is given: rcdm-128)."
     ),
     encoder: Optional[str] = typer.Option(None, "--encoder", help="The encoder whose representation the model was trained on."),
-    layer: Optional[str] = typer.Option(None, "--layer", help="The encoder layer: backbone or head."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="The encoder layer: backbone (or trunk) or head."),
     rep_dim: Optional[int] = typer.Option(None, "--rep-dim", help="Check the representation width against this."),
     dtype: str = typer.Option("float32", "--dtype", help="Store weights as float32, float16 or bfloat16."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
@@ -36,7 +36,12 @@ def convert(
     encoder and layer it was trained on.
     """
     from rcdm_cli.checkpoint.convert import convert_official
+    from rcdm_cli.encoders import get_registry
     from rcdm_cli.fileio import check_writable
+
+    def layer_dims(name: str) -> dict[str, int]:
+        layers, _ = get_registry().layers(name)  # an unknown encoder is a usage error here
+        return {layer_name: dims[0] for layer_name, dims in layers.items()}
 
     check_writable([output], overwrite)
     result = convert_official(
@@ -49,6 +54,7 @@ def convert(
         rep_dim=rep_dim,
         dtype=dtype,
         progress=download_progress(),
+        layer_dims=layer_dims,
     )
     if json_out:
         print_json(result)

@@ -15,10 +15,9 @@ from typing import Any, Iterable, Mapping
 
 from rcdm_cli.errors import UsageError
 
-# guided-diffusion's channel multipliers when `--channel_mult ""` is left empty.
-# 32 is not one of its sizes; (1, 2, 2, 2) is improved-diffusion's CIFAR-10 setting.
+# guided-diffusion's channel multipliers when `--channel_mult ""` is left empty; for
+# any other size it refuses the flags, and so does the parser here.
 DEFAULT_CHANNEL_MULT = {
-    32: (1, 2, 2, 2),
     64: (1, 2, 3, 4),
     128: (1, 1, 2, 3, 4),
     256: (1, 1, 2, 2, 4, 4),
@@ -75,6 +74,32 @@ class UNetConfig:
                 )
         if self.rep_dim is not None and self.rep_dim <= 0:
             raise UsageError(f"representation dim must be positive, got {self.rep_dim}")
+        if not 0 <= self.dropout < 1:
+            raise UsageError(f"dropout must lie in [0, 1), got {self.dropout}")
+        self._check_heads()
+
+    def _check_heads(self) -> None:
+        """Every attention block must split its channels evenly into heads: the
+        blocks at the attention resolutions, going down and up, and the middle one."""
+        if self.num_head_channels == 0 or self.num_head_channels < -1:
+            raise UsageError(f"num_head_channels must be -1 (use num_heads) or positive, got {self.num_head_channels}")
+        if self.num_head_channels > 0:
+            return  # every width was checked against it above
+        if self.num_heads <= 0:
+            raise UsageError(f"num_heads must be positive, got {self.num_heads}")
+        heads_up = self.num_heads if self.num_heads_upsample == -1 else self.num_heads_upsample
+        if heads_up <= 0:
+            raise UsageError(f"num_heads_upsample must be -1 (as num_heads) or positive, got {self.num_heads_upsample}")
+        rates = self.attention_downsample_rates
+        widths = [int(m * self.model_channels) for m in self.channel_mult]
+        for level, width in enumerate(widths):
+            if 2**level not in rates:
+                continue
+            for heads, flag in ((self.num_heads, "num_heads"), (heads_up, "num_heads_upsample")):
+                if width % heads:
+                    raise UsageError(f"{flag} {heads} does not divide the {width} channels of the attention at level {level}")
+        if widths[-1] % self.num_heads:
+            raise UsageError(f"num_heads {self.num_heads} does not divide the {widths[-1]} channels of the middle attention")
 
     @property
     def out_channels(self) -> int:
@@ -121,6 +146,10 @@ class DiffusionConfig:
     def __post_init__(self) -> None:
         if self.steps <= 0:
             raise UsageError(f"diffusion steps must be positive, got {self.steps}")
+        if self.timestep_respacing:
+            from rcdm_cli.diffusion.respace import space_timesteps
+
+            space_timesteps(self.steps, self.timestep_respacing)  # a bad spec fails here
         if self.noise_schedule not in ("linear", "cosine"):
             raise UsageError(
                 f"unknown noise schedule {self.noise_schedule!r}: expected 'linear' or 'cosine'"
@@ -254,7 +283,7 @@ _SCRIPT_FLAGS = {
     "use_ddim", "clip_denoised", "name", "submitit", "local_rank", "dist_url", "G_shared",
     "no_shared", "nodes", "ngpus", "use_volta32", "timeout", "partition",
     "first_image_path", "second_image_path", "image_path", "folder_nn_path",
-    "image_target_path", "dist",
+    "image_target_path", "dist", "comment",
 }
 
 # guided-diffusion's defaults, for flags a command line leaves out.
@@ -310,7 +339,10 @@ class OfficialFlags:
 
 
 def _tokenize(flags: str | Iterable[str]) -> list[tuple[str, str | None]]:
-    tokens = shlex.split(flags) if isinstance(flags, str) else list(flags)
+    try:
+        tokens = shlex.split(flags) if isinstance(flags, str) else list(flags)
+    except ValueError as exc:  # an unbalanced quote
+        raise UsageError(f"cannot split the flags: {exc} in {flags!r}") from None
     pairs: list[tuple[str, str | None]] = []
     i = 0
     while i < len(tokens):
@@ -341,6 +373,7 @@ def parse_official_flags(flags: str | Iterable[str], rep_dim: int | None = None)
     values = dict(OFFICIAL_DEFAULTS)
     type_model: str | None = None
     use_head: bool | None = None
+    feat_cond = True  # RCDM's scripts pass --feat_cond; without it the model ignores representations
     ignored: list[str] = []
     # A repeated flag takes its last value, as with the original scripts' argparse, so
     # that `$MODEL_FLAGS --num_channels 64` overrides.
@@ -371,7 +404,7 @@ def parse_official_flags(flags: str | Iterable[str], rep_dim: int | None = None)
         elif name == "ssl_dim":
             rep_dim = value
         elif name == "feat_cond":
-            pass  # every RCDM model is representation-conditional
+            feat_cond = value
         else:
             values[name] = value
 
@@ -411,7 +444,7 @@ def parse_official_flags(flags: str | Iterable[str], rep_dim: int | None = None)
         resblock_updown=values["resblock_updown"],
         use_new_attention_order=values["use_new_attention_order"],
         learn_sigma=values["learn_sigma"],
-        rep_dim=rep_dim,
+        rep_dim=rep_dim if feat_cond else None,
     )
     diffusion = DiffusionConfig(
         steps=values["diffusion_steps"],
@@ -433,8 +466,8 @@ def to_official_flags(unet: UNetConfig, diffusion: DiffusionConfig) -> str:
     def fmt(v: Any) -> str:
         if isinstance(v, bool):
             return str(v)
-        if isinstance(v, tuple):
-            return ",".join(str(x) for x in v)
+        if isinstance(v, tuple):  # the scripts read channel_mult with int()
+            return ",".join(str(int(x)) if float(x).is_integer() else str(x) for x in v)
         return str(v)
 
     pairs = [
@@ -453,10 +486,13 @@ def to_official_flags(unet: UNetConfig, diffusion: DiffusionConfig) -> str:
         ("learn_sigma", diffusion.learn_sigma),
         ("diffusion_steps", diffusion.steps),
         ("noise_schedule", diffusion.noise_schedule),
-        ("sigma_small", diffusion.sigma_small),
         ("predict_xstart", diffusion.predict_xstart),
         ("use_kl", diffusion.use_kl),
         ("rescale_learned_sigmas", diffusion.rescale_learned_sigmas),
         ("rescale_timesteps", diffusion.rescale_timesteps),
     ]
+    if diffusion.sigma_small:
+        # not a flag of the scripts: their learn_sigma False means the large variance,
+        # and sigma_small is set in code; say it rather than drop it
+        pairs.append(("sigma_small", True))
     return " ".join(f"--{k} {fmt(v)}" for k, v in pairs)
