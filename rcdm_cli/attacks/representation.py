@@ -20,15 +20,22 @@ def representation_pgd(
     steps: int,
     norm: str = "Linf",
     generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Adversarial images in [0, 1] maximising ||f(x') - f(x)||^2 with ||x' - x|| <= eps."""
+    """Adversarial images in [0, 1] maximising ||f(x') - f(x)||^2 with ||x' - x|| <= eps.
+
+    The random start is ``noise`` (uniform in [-1, 1], one row per image, so a caller
+    can key each image's start by the image and not by its batch) or drawn from
+    ``generator``."""
     if norm not in ("Linf", "L2"):
         raise UsageError(f"--norm must be Linf or L2, got {norm!r}")
     if eps <= 0 or alpha <= 0 or steps <= 0:
         raise UsageError("--eps, --alpha and --attack-steps must be positive")
     with torch.no_grad():
         target = represent(images).detach()
-    noise = torch.rand(images.shape, generator=generator).to(images) * 2 - 1
+    if noise is None:
+        noise = torch.rand(images.shape, generator=generator) * 2 - 1
+    noise = noise.to(images)
     delta = noise * eps if norm == "Linf" else _project_l2(noise, eps * 0.5)
     x = (images + delta).clamp(0, 1).detach()
     for _ in range(steps):

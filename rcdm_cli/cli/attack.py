@@ -27,16 +27,18 @@ from rcdm_cli.cli.sample import (
 )
 from rcdm_cli.errors import UsageError
 
+FILES = ("clean", "adversarial", "perturbation", "grid")
+
 
 def attack(
     images: List[str] = typer.Argument(..., help="Images to attack: files, folders, globs, or - for stdin."),
     method: str = typer.Option("pgd", "--method", "-m", help="A torchattacks attack by name: fgsm, pgd, pgdl2, cw, deepfool, autoattack, square, ..."),
-    eps: str = typer.Option("8/255", "--eps", help="Perturbation budget (fractions such as 8/255 accepted)."),
-    alpha: str = typer.Option("2/255", "--alpha", help="Step size of iterative attacks."),
-    attack_steps: int = typer.Option(10, "--attack-steps", help="Iterations of iterative attacks."),
+    eps: Optional[str] = typer.Option(None, "--eps", help="Perturbation budget, e.g. 8/255 (default: the method's own: 8/255 for L-inf attacks, 1.0 for pgdl2)."),
+    alpha: Optional[str] = typer.Option(None, "--alpha", help="Step size of iterative attacks (default: the method's own, 2/255 for pgd)."),
+    attack_steps: Optional[int] = typer.Option(None, "--attack-steps", help="Iterations of iterative attacks (default: the method's own: 10 for pgd, 50 for cw and deepfool)."),
     target_class: Optional[int] = typer.Option(None, "--target-class", help="Targeted attack towards this class index."),
     objective: str = typer.Option("classifier", "--objective", help="classifier (attack its prediction) or representation (push the representation away)."),
-    norm: str = typer.Option("Linf", "--norm", help="Ball of the representation objective: Linf or L2."),
+    norm: Optional[str] = typer.Option(None, "--norm", help="Linf or L2 ball: pgd in L2 is pgdl2; attacks with a norm parameter (apgd, autoattack, square, fab) get it."),
     probe: Optional[Path] = typer.Option(None, "--probe", help="A linear probe from `rcdm evaluate probe` (the classifier of SSL encoders)."),
     param: List[str] = typer.Option(None, "--param", help="Attack parameter key=value, passed to torchattacks; repeat."),
     n: int = typer.Option(8, "-n", "--num-samples", help="RCDM samples from each of the clean and adversarial representations."),
@@ -63,23 +65,25 @@ def attack(
     """
     import torch
 
-    from rcdm_cli.attacks.experiment import attack_images, build_classifier, cosine
-    from rcdm_cli.attacks.methods import available, parse_params, parse_size
+    from rcdm_cli.attacks import experiment
+    from rcdm_cli.attacks.methods import parse_params, parse_size
     from rcdm_cli.cli.common import sample_with_progress
     from rcdm_cli.devices import resolve_device
+    from rcdm_cli.encoders import get_registry
     from rcdm_cli.evaluation.probe import Probe
     from rcdm_cli.fileio import check_writable, write_json
-    from rcdm_cli.imaging import make_grid, save_png, to_pil
     from rcdm_cli.inputs import expand_inputs, load_image
     from rcdm_cli.outputs import unique_names
     from rcdm_cli.pipeline.runner import RCDMRun
     from rcdm_cli.pipeline.sampling import SamplingOptions
 
-    if method.lower() not in available():
-        raise UsageError(f"unknown attack {method!r}; choose one of: {', '.join(available())}")
-    eps_v, alpha_v = parse_size(eps, "--eps"), parse_size(alpha, "--alpha")
-    if attack_steps <= 0:
-        raise UsageError("--attack-steps must be positive")
+    # 1. Everything that needs no weights is checked first.
+    if objective not in experiment.OBJECTIVES:
+        raise UsageError(f"--objective must be one of {', '.join(experiment.OBJECTIVES)}, got {objective!r}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    eps_v = parse_size(eps, "--eps") if eps is not None else None
+    alpha_v = parse_size(alpha, "--alpha") if alpha is not None else None
     params = parse_params(param or [])
     paths = expand_inputs(images)
     run = RCDMRun.prepare(
@@ -91,123 +95,188 @@ def attack(
     )
     diffusion = run.check(None, n, options)
     probe_obj = Probe.load(probe) if probe else None
+    n_classes = experiment.classifier_size(get_registry().layers(run.plan.encoder)[0], probe_obj)
+    if objective == "classifier" and n_classes is None:
+        raise experiment.no_classifier(run.plan.encoder)
+    plan = experiment.plan(
+        objective=objective, method=method, eps=eps_v, alpha=alpha_v, steps=attack_steps, norm=norm,
+        target_class=target_class, params=params, n_classes=n_classes, seed=seed,
+    )
+    if plan.method != method.lower():
+        log.info("%s in an %s ball is %s", method.lower(), norm, plan.method)
     pictures = [load_image(p) for p in paths]
     names = unique_names([p.stem for p in paths])
-    files = {name: {k: out / name / f"{k}.png" for k in ("clean", "adversarial", "perturbation", "grid")} for name in names}
+    files = {name: {k: out / name / f"{k}.png" for k in FILES} | {"tensors": out / name / "tensors.safetensors"} for name in names}
     check_writable([f for group in files.values() for f in group.values()] + [out / "manifest.json"], overwrite)
 
-    enc = run.encoder
-    with status(f"loading the classifier on {enc.name}"):
-        classifier = None
-        if objective == "classifier" or probe_obj is not None or "logits" in enc.layers:
-            classifier = build_classifier(enc, probe_obj)
+    # 2. The attack, on exactly the tensors that are saved.
+    with status(f"loading {run.plan.encoder}"):
+        enc = run.encoder
+    classifier = experiment.build_classifier(enc, probe_obj) if n_classes is not None else None
     x = enc.prepare(pictures)
 
     def represent(batch):
         return enc(batch, run.plan.layer)
 
-    with status(f"attacking {len(paths)} image(s) with {method}"):
-        outcome = attack_images(
-            x, method=method.lower(), objective=objective, classifier=classifier, represent=represent, eps=eps_v,
-            alpha=alpha_v, steps=attack_steps, norm=norm, target_class=target_class, params=params, seed=seed,
-        )
+    with status(f"attacking {len(paths)} image(s) with {plan.method}"):
+        outcome = experiment.attack_images(x, plan, classifier=classifier, represent=represent, batch_size=batch_size, seed=seed)
     with torch.no_grad():
-        clean_reps, adv_reps = represent(outcome.clean).cpu(), represent(outcome.adversarial).cpu()
-    similarity = cosine(clean_reps, adv_reps)
+        clean_reps = torch.cat([represent(b).cpu() for b in outcome.clean.split(batch_size)])
+        adv_reps = torch.cat([represent(b).cpu() for b in outcome.adversarial.split(batch_size)])
+    similarity = experiment.cosine(clean_reps, adv_reps)
+
+    # 3. RCDM from both representations, with the same noise, and what the classifier sees in the samples.
     result = sample_with_progress(run, torch.cat([clean_reps, adv_reps]), n, options, diffusion.num_timesteps, same_noise=True)
     count = len(paths)
-    clean_samples, adv_samples = result.samples[:count], result.samples[count:]
-
     sample_preds = None
     if classifier is not None:
-        flat = [to_pil(s) for s in torch.cat([clean_samples, adv_samples]).reshape(-1, *result.samples.shape[2:])]
-        with status(f"classifying {len(flat)} samples"):
-            sample_preds = classifier.predict(enc.prepare(flat)).reshape(2, count, n).cpu()
+        sample_preds = _classify_samples(enc, classifier, result.samples, batch_size).reshape(2, count, n)
 
-    per_image, keep, take, clean_ok = [], 0, 0, 0
-    for i, name in enumerate(names):
-        clean_img, adv_img = outcome.clean[i].cpu(), outcome.adversarial[i].cpu()
-        delta = adv_img - clean_img
-        scale = float(delta.abs().max()) or 1.0
-        save_png(to_pil(clean_img * 2 - 1), files[name]["clean"])
-        save_png(to_pil(adv_img * 2 - 1), files[name]["adversarial"])
-        save_png(to_pil(delta / scale), files[name]["perturbation"])
-        entry = {
-            "input": str(paths[i]),
-            "perturbation_norm": float(outcome.perturbation[i]),
-            "norm": outcome.norm or "Linf",
-            "cosine_similarity": float(similarity[i]),
-            "files": {k: str(v) for k, v in files[name].items()},
-        }
-        labels_row = ["clean", "adversarial"]
-        if classifier is not None:
-            c, a = int(outcome.clean_pred[i]), int(outcome.adv_pred[i])
-            sc, sa = sample_preds[0, i].tolist(), sample_preds[1, i].tolist()
-            keep += sum(p == c for p in sa)
-            take += sum(p == a for p in sa) if a != c else 0
-            clean_ok += sum(p == c for p in sc)
-            entry.update(
-                clean_label=c, clean_class=classifier.name(c), adversarial_label=a, adversarial_class=classifier.name(a),
-                success=(a == target_class) if target_class is not None else (a != c),
-                clean_sample_labels=sc, adversarial_sample_labels=sa,
-            )
-            labels_row = [f"clean: {classifier.name(c)}", f"adv: {classifier.name(a)}"]
-        tiles, labels = [], []
-        for row, (img, samples) in enumerate(((clean_img, clean_samples[i]), (adv_img, adv_samples[i]))):
-            tiles.append(to_pil(img * 2 - 1))
-            labels.append(labels_row[row])
-            for k in range(n):
-                tiles.append(to_pil(samples[k]))
-                labels.append(classifier.name(sample_preds[row, i, k]) if sample_preds is not None else f"#{k}")
-        save_png(make_grid(tiles, labels, columns=n + 1), files[name]["grid"])
-        per_image.append(entry)
-
-    summary = {"images": count, "samples_per_image": n, "mean_cosine_similarity": float(similarity.mean())}
-    if classifier is not None:
-        summary.update(
-            attack_success_rate=sum(e["success"] for e in per_image) / count,
-            adversarial_samples_keeping_clean_label=keep / (count * n),
-            adversarial_samples_taking_adversarial_label=take / (count * n),
-            clean_samples_with_clean_label=clean_ok / (count * n),
-        )
+    per_image = [
+        _write_image(i, files[name], paths[i], outcome, clean_reps[i], adv_reps[i], float(similarity[i]), result.samples, count,
+                     n, classifier, sample_preds, plan.target_class)
+        for i, name in enumerate(names)
+    ]
+    summary = experiment.summarize(per_image, similarity, outcome.norms, n, classifier is not None)
     manifest = {
         "command": "attack",
         "rcdm_version": __version__,
-        "method": method.lower(),
-        "objective": objective,
-        "attack_parameters": outcome.params,
-        "target_class": target_class,
+        "method": plan.method,
+        "objective": plan.objective,
+        "attack_parameters": plan.params,
+        "budget": plan.budget,
+        "target_class": plan.target_class,
         "classifier": classifier.description if classifier else None,
         "probe": str(probe) if probe else None,
         "checkpoint": run.checkpoint_info(),
         "encoder": run.encoder_info(),
         "sampling": {**options.to_dict(), "same_noise": True, "network_calls": diffusion.num_timesteps},
+        "attack_batch_size": batch_size,
         "device": str(run.device),
         "summary": summary,
         "images": per_image,
         "seeds": result.seeds[0],
     }
     write_json(out / "manifest.json", manifest)
+    undone = summary.get("images_where_rounding_undid_the_attack", 0)
+    if undone:
+        log.warning(
+            "rounding the adversarial image to 8 bits undid the attack on %d image(s): minimum-norm attacks stop just "
+            "past the decision boundary; raise --param overshoot (deepfool) or --param kappa (cw)", undone,
+        )
     if json_out:
         print_json(manifest)
         return
+    _print_tables(plan, f"{enc.name}/{run.plan.layer}", per_image, summary, n, classifier is not None)
+    log.info("manifest: %s", out / "manifest.json")
+
+
+def _classify_samples(enc, classifier, samples, batch_size: int):
+    """The classifier's labels of RCDM samples, seen as images again (resized to the
+    encoder's input like any picture)."""
+    import torch
+
+    from rcdm_cli.imaging import to_pil
+
+    flat = samples.reshape(-1, *samples.shape[2:])
+    with status(f"classifying {len(flat)} samples"):
+        preds = [
+            classifier.predict(enc.prepare([to_pil(s) for s in flat[i : i + batch_size]]), batch_size).cpu()
+            for i in range(0, len(flat), batch_size)
+        ]
+    return torch.cat(preds)
+
+
+def _picture(x):
+    """A [0, 1] tensor on the 8-bit grid as the image file holding exactly it."""
+    import torch
+    from PIL import Image
+
+    from rcdm_cli.attacks.experiment import to_8bit
+
+    arr = to_8bit(x.detach().cpu()).to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(arr, mode="RGB")
+
+
+def _write_image(i, files, path, outcome, clean_rep, adv_rep, similarity, samples, count, n, classifier, sample_preds, target_class):
+    """One image's files and its manifest entry."""
+    from rcdm_cli.imaging import make_grid, save_png, to_pil
+    from rcdm_cli.tensorfile import save_tensors
+
+    clean_img, adv_img = outcome.clean[i].cpu(), outcome.adversarial[i].cpu()
+    delta = adv_img - clean_img
+    scale = float(delta.abs().max()) or 1.0
+    save_png(_picture(clean_img), files["clean"])
+    save_png(_picture(adv_img), files["adversarial"])
+    save_png(to_pil(delta / scale), files["perturbation"])
+    save_tensors(files["tensors"], {
+        "clean": clean_img, "adversarial": adv_img, "adversarial_unquantized": outcome.raw[i].cpu(),
+        "clean_representation": clean_rep, "adversarial_representation": adv_rep,
+    })
+    entry = {
+        "input": str(path),
+        "perturbation_linf": float(outcome.norms["linf"][i]),
+        "perturbation_l2": float(outcome.norms["l2"][i]),
+        "cosine_similarity": similarity,
+        "files": {k: str(v) for k, v in files.items()},
+    }
+    labels_row = ["clean", "adversarial"]
+    if classifier is not None:
+        c, a = int(outcome.clean_pred[i]), int(outcome.adv_pred[i])
+        entry.update(
+            clean_label=c, clean_class=classifier.name(c), adversarial_label=a, adversarial_class=classifier.name(a),
+            unquantized_adversarial_label=int(outcome.raw_pred[i]),
+            success=(a == target_class) if target_class is not None else (a != c),
+            clean_sample_labels=sample_preds[0, i].tolist(), adversarial_sample_labels=sample_preds[1, i].tolist(),
+        )
+        labels_row = [f"clean: {classifier.name(c)}", f"adv: {classifier.name(a)}"]
+    tiles, labels = [], []
+    for row, img in enumerate((clean_img, adv_img)):
+        tiles.append(_picture(img))
+        labels.append(labels_row[row])
+        for k in range(n):
+            tiles.append(to_pil(samples[row * count + i, k]))
+            labels.append(classifier.name(int(sample_preds[row, i, k])) if sample_preds is not None else f"#{k}")
+    save_png(make_grid(tiles, labels, columns=n + 1), files["grid"])
+    return entry
+
+
+def _print_tables(plan, where: str, per_image: list[dict], summary: dict, n: int, classified: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{method} on {enc.name}/{run.plan.layer} ({objective} objective)")
-    for column in ("image", "clean", "adversarial", "‖δ‖", "cos(clean, adv)", "adv samples: clean / adv label"):
+    console = Console()
+    table = Table(title=f"{plan.method} on {where} ({plan.objective} objective)")
+    for column in ("image", "clean", "adversarial", "‖δ‖∞", "‖δ‖₂", "cos(clean, adv)", "adv samples: clean / adv label"):
         table.add_column(column)
     for e in per_image:
-        if classifier is not None:
-            k = sum(p == e["clean_label"] for p in e["adversarial_sample_labels"])
-            t = sum(p == e["adversarial_label"] for p in e["adversarial_sample_labels"]) if e["adversarial_label"] != e["clean_label"] else 0
-            table.add_row(Path(e["input"]).name, e["clean_class"], e["adversarial_class"], f"{e['perturbation_norm']:.4f}", f"{e['cosine_similarity']:.3f}", f"{k} / {t} of {n}")
+        norms = (f"{e['perturbation_linf'] * 255:.1f}/255", f"{e['perturbation_l2']:.4f}", f"{e['cosine_similarity']:.3f}")
+        if classified:
+            labels = e["adversarial_sample_labels"]
+            keep = sum(p == e["clean_label"] for p in labels)
+            take = sum(p == e["adversarial_label"] for p in labels) if e["adversarial_label"] != e["clean_label"] else 0
+            table.add_row(Path(e["input"]).name, e["clean_class"], e["adversarial_class"], *norms, f"{keep} / {take} of {n}")
         else:
-            table.add_row(Path(e["input"]).name, "-", "-", f"{e['perturbation_norm']:.4f}", f"{e['cosine_similarity']:.3f}", "-")
-    Console().print(table)
-    if classifier is not None:
-        log.info(
-            "attack success %.0f%%; adversarial samples keep the clean label %.0f%%, take the adversarial one %.0f%%; manifest: %s",
-            100 * summary["attack_success_rate"], 100 * summary["adversarial_samples_keeping_clean_label"],
-            100 * summary["adversarial_samples_taking_adversarial_label"], out / "manifest.json",
-        )
+            table.add_row(Path(e["input"]).name, "-", "-", *norms, "-")
+    console.print(table)
+
+    totals = Table(title="summary")
+    totals.add_column("quantity")
+    totals.add_column("value", justify="right")
+    rows = []
+    if classified:
+        rows += [
+            ("attack success rate", f"{summary['attack_success_rate']:.1%}"),
+            ("adversarial samples keeping the clean label", f"{summary['adversarial_samples_keeping_clean_label']:.1%}"),
+            ("adversarial samples taking the adversarial label", f"{summary['adversarial_samples_taking_adversarial_label']:.1%}"),
+            ("clean samples with the clean label (accuracy)", f"{summary['clean_samples_with_clean_label']:.1%}"),
+        ]
+    rows += [
+        ("mean cosine(clean, adversarial representation)", f"{summary['mean_cosine_similarity']:.4f}"),
+        ("mean ‖δ‖∞ / mean ‖δ‖₂", f"{summary['mean_perturbation_linf'] * 255:.2f}/255 / {summary['mean_perturbation_l2']:.4f}"),
+        ("budget", f"{plan.budget['norm']} ≤ {plan.budget['eps']:.4g}" if plan.budget else "none (minimum-norm attack)"),
+        ("images × samples", f"{summary['images']} × {summary['samples_per_image']}"),
+    ]
+    for row in rows:
+        totals.add_row(*row)
+    console.print(totals)

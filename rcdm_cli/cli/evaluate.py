@@ -70,6 +70,25 @@ def _images(data: Path, limit: int | None) -> list[Path]:
     return paths
 
 
+RANK_COLUMNS = ("encoder", "layer", "checkpoint", "images × samples", "mean rank", "MRR", "top-1", "top-5", "chance rank / MRR / top-1 / top-5")
+
+
+def _number(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _rank_cells(row: dict) -> tuple[str, ...]:
+    chance = " / ".join(
+        _number(row.get(k), d) for k, d in (("chance_mean_rank", 2), ("chance_mrr", 3), ("chance_top1", 3), ("chance_top5", 3))
+    )
+    return (
+        str(row.get("encoder")), str(row.get("layer")), str(row.get("checkpoint") or "-"),
+        f"{row.get('images')} × {row.get('samples_per_image')}",
+        _number(row.get("mean_rank"), 2), _number(row.get("mrr"), 3), _number(row.get("top1"), 3), _number(row.get("top5"), 3),
+        chance,
+    )
+
+
 @app.command("rank")
 def rank(
     data: Path = typer.Argument(..., help="Conditioning images (a folder, file or glob)."),
@@ -127,19 +146,16 @@ def rank(
         "metric": "rank",
         "checkpoint": run.checkpoint_info(),
         "encoder": run.plan.encoder,
+        "weights": run.encoder_info().get("weights"),
         "layer": run.plan.layer,
         "similarity": metric,
-        **summary,
+        **summary,  # "images" is the count N
         "sampling": {**options.to_dict(), "network_calls": diffusion.num_timesteps},
-        "images": [str(p) for p in paths],
-        "ranks": table.tolist(),
+        "image_paths": [str(p) for p in paths],
+        "ranks": table.tolist(),  # expected ranks, ties broken at random
     }
-    _report(
-        record, results, no_results, json_out, "faithfulness (rank of the conditioning image)",
-        [(run.plan.encoder, run.plan.layer, str(len(paths)), str(n), f"{summary['mean_rank']:.2f}", f"{summary['mrr']:.3f}",
-          f"{summary['top1']:.3f}", f"{summary['top5']:.3f}", f"{summary['chance_mean_rank']:.2f} / {summary['chance_mrr']:.3f}")],
-        ("encoder", "layer", "images", "samples", "mean rank", "MRR", "top-1", "top-5", "chance rank / MRR"),
-    )
+    row = {"encoder": run.plan.encoder, "layer": run.plan.layer, "checkpoint": run.spec, **summary}
+    _report(record, results, no_results, json_out, "faithfulness (rank of the conditioning image)", [_rank_cells(row)], RANK_COLUMNS)
 
 
 @app.command("invariance")
@@ -155,7 +171,9 @@ def invariance(
     n: int = typer.Option(4, "-n", "--num-samples", help="Samples per augmentation with --checkpoint."),
     steps: str = STEPS,
     sampler: str = SAMPLER,
+    eta: Optional[float] = ETA,
     seed: int = SEED,
+    batch_size: int = BATCH,
     precision: str = PRECISION,
     out: Path = typer.Option(Path("invariance"), "--out", "-o", help="Where the sample grid goes (with --checkpoint)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing grid."),
@@ -168,36 +186,26 @@ def invariance(
     from rcdm_cli.devices import resolve_device
     from rcdm_cli.encoders import get_registry
     from rcdm_cli.evaluation.augmentations import AUGMENTATIONS
-    from rcdm_cli.evaluation.invariance import augmented
     from rcdm_cli.evaluation.invariance import invariance as measure
     from rcdm_cli.inputs import load_image
 
     registry = get_registry()
-    layers_available, _ = registry.layers(encoder)
-    layers = list(layer) if layer else [name for name in ("backbone", "head") if name in layers_available]
-    for name in layers:
-        if name not in layers_available:
-            raise UsageError(f"encoder {encoder!r} has no layer {name!r}; it has: {', '.join(layers_available)}")
+    layers = _layers(registry, encoder, layer)
     augs = list(augmentation) if augmentation else list(AUGMENTATIONS)
     for name in augs:
         if name not in AUGMENTATIONS:
             raise UsageError(f"unknown augmentation {name!r}; choose from: {', '.join(AUGMENTATIONS)}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be positive, got {batch_size}")
     paths = _images(data, max_images)
     pictures = [load_image(p) for p in paths]
-    run = None
+    grid = None
     if checkpoint is not None:
-        from rcdm_cli.fileio import check_writable
-        from rcdm_cli.pipeline.runner import RCDMRun
-        from rcdm_cli.pipeline.sampling import SamplingOptions
-
-        run = RCDMRun.prepare(checkpoint=checkpoint, encoder=encoder, device=resolve_device(settings.device), download_progress=download_progress())
-        options = SamplingOptions(sampler=sampler, steps=steps, seed=seed, batch_size=16, precision=precision)
-        diffusion = run.check(None, n, options)
-        check_writable([out / "augmentations.png"], overwrite)
+        grid = _GridRun.prepare(checkpoint, encoder, weights, n, sampler, steps, eta, seed, batch_size, precision, out, overwrite)
     device = resolve_device(settings.device)
     enc = registry.create(encoder, weights_path=weights, preprocessing=preprocessing, device=device, progress=download_progress())
     with status(f"measuring {len(augs)} augmentations on {len(paths)} images"):
-        table = measure(pictures, enc, layers, augs, seed=seed)
+        table = measure(pictures, enc, layers, augs, seed=seed, batch_size=batch_size)
     record = {
         "metric": "invariance",
         "encoder": enc.name,
@@ -209,28 +217,76 @@ def invariance(
         "similarity": table,
         "trained_augmentations": [a for a in augs if AUGMENTATIONS[a].trained],
     }
-    if run is not None:
+    if grid is not None:
+        record.update(grid.write(pictures[0], augs, seed))
+    rows = [
+        (name, "yes" if AUGMENTATIONS[name].trained else "no", *(f"{table[name][lay]['mean']:.3f} ± {table[name][lay]['std']:.3f}" for lay in layers))
+        for name in augs
+    ]
+    _report(record, results, no_results, json_out, f"cosine similarity to the augmented view ({enc.name})", rows, ("augmentation", "trained with", *layers))
+
+
+class _GridRun:
+    """RCDM samples from each augmented view of one image, in one grid."""
+
+    def __init__(self, run, options, diffusion, n: int, path: Path):
+        self.run, self.options, self.diffusion, self.n, self.path = run, options, diffusion, n, path
+
+    @classmethod
+    def prepare(cls, checkpoint, encoder, weights, n, sampler, steps, eta, seed, batch_size, precision, out, overwrite):
+        """Every check the grid needs, before any weights load."""
+        from rcdm_cli.devices import resolve_device
+        from rcdm_cli.fileio import check_writable
+        from rcdm_cli.pipeline.runner import RCDMRun
+        from rcdm_cli.pipeline.sampling import SamplingOptions
+
+        run = RCDMRun.prepare(
+            checkpoint=checkpoint, encoder=encoder, weights=weights, device=resolve_device(settings.device),
+            download_progress=download_progress(),
+        )
+        options = SamplingOptions(sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision)
+        diffusion = run.check(None, n, options)
+        path = out / "augmentations.png"
+        check_writable([path], overwrite)
+        return cls(run, options, diffusion, n, path)
+
+    def write(self, picture, augs: list[str], seed: int) -> dict:
         from rcdm_cli.cli.common import sample_with_progress
+        from rcdm_cli.evaluation.augmentations import AUGMENTATIONS
+        from rcdm_cli.evaluation.invariance import augmented
         from rcdm_cli.imaging import make_grid, save_png, to_pil
         from rcdm_cli.preprocessing import diffusion_target
 
-        views = [pictures[0]] + [augmented(pictures[0], AUGMENTATIONS[a], seed, 0) for a in augs]
-        reps = run.encode(views)
-        samples = sample_with_progress(run, reps, n, options, diffusion.num_timesteps, same_noise=True).samples
+        run, n = self.run, self.n
+        views = [picture] + [augmented(picture, AUGMENTATIONS[a], seed, 0) for a in augs]
+        reps = run.encode(views, self.options.batch_size)
+        samples = sample_with_progress(run, reps, n, self.options, self.diffusion.num_timesteps, same_noise=True).samples
         tiles, labels = [], []
         for j, name in enumerate(["original", *augs]):
             tiles.append(to_pil(diffusion_target(views[j], run.meta.image_size)))
             labels.append(name)
             tiles += [to_pil(samples[j, k]) for k in range(n)]
             labels += [f"#{k}" for k in range(n)]
-        save_png(make_grid(tiles, labels, columns=n + 1), out / "augmentations.png")
-        record["grid"] = str(out / "augmentations.png")
-        record["checkpoint"] = run.checkpoint_info()
-    rows = [
-        (name, "yes" if AUGMENTATIONS[name].trained else "no", *(f"{table[name][lay]['mean']:.3f} ± {table[name][lay]['std']:.3f}" for lay in layers))
-        for name in augs
-    ]
-    _report(record, results, no_results, json_out, f"cosine similarity to the augmented view ({enc.name})", rows, ("augmentation", "trained with", *layers))
+        save_png(make_grid(tiles, labels, columns=n + 1), self.path)
+        return {
+            "grid": str(self.path),
+            "checkpoint": run.checkpoint_info(),
+            "grid_encoder": run.encoder_info(),
+            "samples_per_augmentation": n,
+            "sampling": {**self.options.to_dict(), "same_noise": True, "network_calls": self.diffusion.num_timesteps},
+        }
+
+
+def _layers(registry, encoder: str, chosen: list[str] | None) -> list[str]:
+    """The layers asked for (default: backbone and head where the encoder has them)."""
+    available, _ = registry.layers(encoder)
+    layers = list(dict.fromkeys(chosen)) if chosen else [name for name in ("backbone", "head") if name in available]
+    if not layers:
+        raise UsageError(f"encoder {encoder!r} has neither a backbone nor a head layer; pick layers with --layer: {', '.join(available)}")
+    for name in layers:
+        if name not in available:
+            raise UsageError(f"encoder {encoder!r} has no layer {name!r}; it has: {', '.join(available)}")
+    return layers
 
 
 @app.command("probe")
@@ -253,41 +309,43 @@ def probe(
     each probe for `rcdm attack --probe`."""
     from rcdm_cli.devices import resolve_device
     from rcdm_cli.encoders import get_registry
-    from rcdm_cli.evaluation.features import encode_files
+    from rcdm_cli.evaluation.features import encode_file_layers
     from rcdm_cli.evaluation.probe import accuracy, fit_probe, image_folder
     from rcdm_cli.fileio import check_writable
 
     registry = get_registry()
-    layers_available, _ = registry.layers(encoder)
-    layers = list(layer) if layer else [name for name in ("backbone", "head") if name in layers_available]
-    for name in layers:
-        if name not in layers_available:
-            raise UsageError(f"encoder {encoder!r} has no layer {name!r}; it has: {', '.join(layers_available)}")
+    layers = _layers(registry, encoder, layer)
     if l2 < 0:
         raise UsageError("--l2 must be non-negative")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be positive, got {batch_size}")
     train_paths, train_labels, classes = image_folder(train_dir)
     val_paths, val_labels, val_classes = image_folder(val_dir)
     if val_classes != classes:
         raise UsageError(f"{val_dir} has classes {val_classes}, {train_dir} has {classes}: they must match")
-    safe = registry.get(encoder)[1].base
-    files = {lay: out / f"{safe}-{lay}.safetensors" for lay in layers}
+    stem = probe_stem(encoder, weights)
+    files = {lay: out / f"{stem}-{lay}.safetensors" for lay in layers}
     check_writable(list(files.values()), overwrite)
     enc = registry.create(encoder, weights_path=weights, preprocessing=preprocessing, device=resolve_device(settings.device), progress=download_progress())
+    with status(f"extracting {', '.join(layers)} features of {len(train_paths) + len(val_paths)} images"):
+        f_train = encode_file_layers(train_paths, enc, layers, batch_size)
+        f_val = encode_file_layers(val_paths, enc, layers, batch_size)
+    cached = [lay for lay in layers if lay in f_train.cached and lay in f_val.cached]
+    if cached:
+        log.info("features of %s from the cache", ", ".join(cached))
     rows, per_layer = [], {}
     for lay in layers:
-        with status(f"extracting {lay} features of {len(train_paths) + len(val_paths)} images"):
-            f_train = encode_files(train_paths, enc, lay, batch_size)
-            f_val = encode_files(val_paths, enc, lay, batch_size)
+        train_feats, val_feats = f_train.layers[lay], f_val.layers[lay]
         with status(f"fitting the {lay} probe"):
-            fitted = fit_probe(f_train, train_labels, classes, l2=l2)
-        train_acc, val_acc = accuracy(fitted, f_train, train_labels), accuracy(fitted, f_val, val_labels)
+            fitted = fit_probe(train_feats, train_labels, classes, l2=l2)
+        train_acc, val_acc = accuracy(fitted, train_feats, train_labels), accuracy(fitted, val_feats, val_labels)
         fitted.info.update(
-            encoder=enc.name, weights=enc.weights_id, layer=lay, preprocessing=enc.preprocessing.to_dict(),
-            train_top1=train_acc["top1"], val_top1=val_acc["top1"],
+            encoder=enc.name, weights=enc.weights_id, weights_file=enc.weights_file, layer=lay,
+            preprocessing=enc.preprocessing.to_dict(), train_top1=train_acc["top1"], val_top1=val_acc["top1"],
         )
         fitted.save(files[lay])
-        per_layer[lay] = {"train": train_acc, "val": val_acc, "probe": str(files[lay])}
-        rows.append((lay, str(f_train.shape[1]), f"{train_acc['top1']:.3f}", f"{val_acc['top1']:.3f}", f"{val_acc['top5']:.3f}" if "top5" in val_acc else "-", str(files[lay])))
+        per_layer[lay] = {"train": train_acc, "val": val_acc, "probe": str(files[lay]), "cached_features": lay in cached}
+        rows.append((lay, str(train_feats.shape[1]), f"{train_acc['top1']:.3f}", f"{val_acc['top1']:.3f}", f"{val_acc['top5']:.3f}" if "top5" in val_acc else "-", str(files[lay])))
     record = {
         "metric": "probe", "encoder": enc.name, "weights": enc.weights_id, "preprocessing": enc.preprocessing.to_dict(),
         "classes": classes, "train_images": len(train_paths), "val_images": len(val_paths), "l2": l2, "layers": per_layer,
@@ -296,22 +354,114 @@ def probe(
             ("layer", "dim", "train top-1", "val top-1", "val top-5", "probe file"))
 
 
+def probe_stem(encoder: str, weights: Path | None) -> str:
+    """The file-name stem of an encoder's probes: its name, plus the weights variant
+    or the local weights file's stem, so probes of different weights do not collide
+    (``dino-head``, ``dino-vitb8-head``, ``timm-resnet50-head``)."""
+    import re
+
+    from rcdm_cli.encoders import EncoderName
+
+    parsed = EncoderName.parse(encoder)
+    parts = [parsed.base, parsed.argument, parsed.variant, weights.stem if weights is not None else None]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(p for p in parts if p))
+
+
 @app.command("fid")
 def fid(
     samples: Path = typer.Argument(..., help="Folder of generated images."),
     reference: Path = typer.Argument(..., help="Folder of real images."),
-    precision_recall: bool = typer.Option(True, "--precision-recall/--no-precision-recall", help="Also precision and recall."),
+    precision_recall: bool = typer.Option(False, "--precision-recall/--no-precision-recall", help="Also precision and recall (downloads VGG-16 weights as well)."),
+    size: Optional[int] = typer.Option(None, "--size", help="Square size both folders are brought to when their images differ (default: the samples' own size, else 299)."),
     results: Path = RESULTS,
     no_results: bool = NO_RESULTS,
     json_out: bool = JSON,
 ) -> None:
-    """FID (and precision/recall) with the standard Inception features (torch-fidelity)."""
-    from rcdm_cli.devices import resolve_device
-    from rcdm_cli.evaluation.fid import fid as compute
+    """FID (and, on request, precision/recall) with the standard Inception features (torch-fidelity)."""
+    import contextlib
 
+    from rcdm_cli.devices import resolve_device
+    from rcdm_cli.evaluation import fid as fid_lib
+    from rcdm_cli.inputs import list_images
+
+    fid_lib.check_folders(samples, reference, size)
+    tf = fid_lib.torch_fidelity()  # the missing extra is reported before any work
     device = resolve_device(settings.device)
-    with status("computing Inception features"):
-        values = compute(samples, reference, cuda=device.type == "cuda", precision_recall=precision_recall)
-    record = {"metric": "fid", "samples_dir": str(samples), "reference_dir": str(reference), **values}
+    with contextlib.ExitStack() as stack:
+        with _FolderProgress("resizing images to one size") as progress:
+            inputs = stack.enter_context(fid_lib.uniform_inputs(tf, samples, reference, size, progress))
+        if inputs.resized:
+            log.info("images brought to %d x %d (%s)", inputs.size, inputs.size, inputs.resized)
+        with status("computing Inception features" + (" and VGG-16 features" if precision_recall else "")):
+            values = fid_lib.compute(tf, inputs, cuda=device.type == "cuda", precision_recall=precision_recall)
+    values.update(samples=len(list_images(samples)), reference=len(list_images(reference)), size=inputs.size)
+    record = {"metric": "fid", "samples_dir": str(samples), "reference_dir": str(reference), "resized": inputs.resized, **values}
     rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in values.items()]
     _report(record, results, no_results, json_out, "FID", rows, ("metric", "value"))
+
+
+class _FolderProgress:
+    """A progress bar per folder being copied, opened when the first image of a folder
+    is done (the total is known only then) and closed before the next display."""
+
+    def __init__(self, description: str):
+        self.description = description
+        self.bar = None
+
+    def __enter__(self) -> "_FolderProgress":
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        from rcdm_cli.cli.console import StepProgress
+
+        if self.bar is None or done == 1:
+            self.__exit__(None, None, None)
+            self.bar = StepProgress(self.description, total).__enter__()
+        self.bar.update(done)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+            self.bar = None
+
+
+@app.command("table")
+def table(
+    results_file: Path = typer.Argument(Path("rcdm-results.jsonl"), help="A JSON-lines results file written by the evaluate commands."),
+    metric: str = typer.Option("rank", "--metric", help="rank (the faithfulness table) or probe (linear-probe accuracy per layer)."),
+    json_out: bool = JSON,
+) -> None:
+    """The paper's tables from collected results: rows = encoder and layer, columns
+    mean rank / MRR / top-1 / top-5 (or probe accuracy per layer). The latest record
+    of each row wins."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rcdm_cli.evaluation.results import probe_rows, rank_rows, read_results
+
+    if metric not in ("rank", "probe"):
+        raise UsageError(f"--metric must be rank or probe, got {metric!r}")
+    records = read_results(results_file)
+    if metric == "rank":
+        rows = rank_rows(records)
+        columns, cells = RANK_COLUMNS, [_rank_cells(r) for r in rows]
+        title = "faithfulness (rank of the conditioning image)"
+    else:
+        rows, layers = probe_rows(records)
+        columns = ("encoder", "weights", "classes", *(f"{lay} val top-1" for lay in layers))
+        cells = [
+            (str(r["encoder"]), str(r["weights"] or "-"), str(r["classes"] or "-"), *(_number(r["val_top1"].get(lay), 3) for lay in layers))
+            for r in rows
+        ]
+        title = "linear probe accuracy"
+    if not rows:
+        raise UsageError(f"{results_file} holds no {metric} results; run `rcdm evaluate {metric}` with --results {results_file}")
+    if json_out:
+        print_json({"metric": metric, "results_file": str(results_file), "rows": rows})
+        return
+    out = Table(title=title)
+    for c in columns:
+        out.add_column(c)
+    for row in cells:
+        out.add_row(*row)
+    Console().print(out)

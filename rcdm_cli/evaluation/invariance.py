@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from rcdm_cli.encoders import Encoder
+from rcdm_cli.errors import UsageError
 from rcdm_cli.evaluation.augmentations import AUGMENTATIONS, Augmentation
 from rcdm_cli.pipeline.sampling import stream_seed
 
@@ -23,24 +24,49 @@ def augmented(image: Image.Image, aug: Augmentation, seed: int, index: int) -> I
     return aug.apply(image, rng)
 
 
+def _encode(
+    images: list[Image.Image],
+    encoder: Encoder,
+    layers: list[str],
+    batch_size: int,
+    view: Callable[[Image.Image, int], Image.Image] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Every layer's representation of ``images`` (or of ``view(image, index)``),
+    ``batch_size`` images per network call; each batch is made and prepared once and
+    run through every layer, so only one batch of views is held at a time."""
+    rows: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        if view is not None:
+            batch = [view(im, start + i) for i, im in enumerate(batch)]
+        x = encoder.prepare(batch)
+        with torch.no_grad():
+            for layer in layers:
+                rows[layer].append(encoder(x, layer).cpu())
+    return {layer: torch.cat(parts) for layer, parts in rows.items()}
+
+
 def invariance(
     images: list[Image.Image],
     encoder: Encoder,
     layers: list[str],
     augmentations: list[str],
     seed: int = 0,
+    batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """{augmentation: {layer: {"mean": ..., "std": ...}}} of the cosine similarity
     between each image's representation and its augmented view's."""
-    clean = {layer: encoder.encode(images, layer) for layer in layers}
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    clean = _encode(images, encoder, layers, batch_size)
     out: dict[str, dict[str, dict[str, float]]] = {}
     for a, name in enumerate(augmentations):
         aug = AUGMENTATIONS[name]
-        views = [augmented(im, aug, seed, i) for i, im in enumerate(images)]
+        views = _encode(images, encoder, layers, batch_size, lambda im, i, aug=aug: augmented(im, aug, seed, i))
         out[name] = {}
         for layer in layers:
-            sims = F.cosine_similarity(clean[layer].double(), encoder.encode(views, layer).double(), dim=1)
+            sims = F.cosine_similarity(clean[layer].double(), views[layer].double(), dim=1)
             out[name][layer] = {"mean": float(sims.mean()), "std": float(sims.std()) if len(sims) > 1 else 0.0}
         if progress is not None:
             progress(a + 1, len(augmentations))
