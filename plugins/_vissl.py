@@ -6,6 +6,12 @@ two state dicts: ``trunk`` (a torchvision-named ResNet under ``_feature_blocks.`
 and ``heads`` (``<head index>.clf.<layer index>.*``, one entry per head module of the
 training config). Everything else (optimizer, loss, meters, AMP scaler, iteration
 counters) is training state and is not read.
+
+``--weights`` also takes the network without that nesting: the ``{trunk, heads}``
+mapping (or any level of the nesting above it), a flat state dict with VISSL's module
+names (``trunk._feature_blocks.*``, ``heads.<head>.clf.*``, as VISSL's model
+``state_dict()`` gives them; ``.pth`` or safetensors), or the encoder's own
+``state_dict()`` (``trunk.*``, ``heads.head.*``).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from rcdm_cli.encoders import load_torch_file, rename_keys, subtree
+from rcdm_cli.encoders import RcdmError, is_state_dict, load_torch_file, rename_keys
 
 VISSL_LICENSE = "MIT (VISSL)"
 MODEL_ZOO = "https://dl.fbaipublicfiles.com/vissl/model_zoo"
@@ -51,13 +57,41 @@ LARS_SAFE_GLOBALS = (
 
 StateDict = Mapping[str, torch.Tensor]
 
+NESTING = ("classy_state_dict", "base_model", "model")
+LAYOUT = (
+    "VISSL's layout (classy_state_dict/base_model/model with trunk and heads, or a flat state dict "
+    "with trunk._feature_blocks.* and heads.* keys)"
+)
 
-def load_vissl_model(path: str | Path, extra_safe_globals: Iterable[Any] = ()) -> tuple[StateDict, StateDict]:
-    """The ``trunk`` and ``heads`` state dicts of a VISSL checkpoint."""
-    checkpoint = load_torch_file(path, extra_safe_globals=extra_safe_globals)
-    model = subtree(checkpoint, "classy_state_dict", "base_model", "model", source=str(path))
-    source = f"{path} (classy_state_dict/base_model/model)"
-    return subtree(model, "trunk", source=source), subtree(model, "heads", source=source)
+
+def _found(obj: Any) -> str:
+    return ", ".join(sorted(map(str, obj))[:8]) if isinstance(obj, Mapping) else type(obj).__name__
+
+
+def _model(obj: Any, path: Path) -> Any:
+    """Down VISSL's nesting as far as the file has it: to the ``{trunk, heads}``
+    mapping, or to a flat state dict."""
+    for key in NESTING:
+        if is_state_dict(obj) or not isinstance(obj, Mapping) or {"trunk", "heads"} <= set(obj):
+            break
+        if isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+    if isinstance(obj, Mapping) and {"trunk", "heads"} <= set(obj):
+        return obj
+    if is_state_dict(obj) and any(str(k).startswith(("trunk.", "_feature_blocks.")) for k in obj):
+        return obj
+    raise RcdmError(f"{path} is not in {LAYOUT} (found: {_found(obj)})")
+
+
+def vissl_state(path: str | Path, head_layers: Mapping[str, int], extra_safe_globals: Iterable[Any] = ()) -> dict:
+    """The network in a VISSL checkpoint (in any of the forms above) under the
+    encoder's names; keys that match no rule stay as they are, so that strict loading
+    reports them."""
+    model = _model(load_torch_file(path, extra_safe_globals=extra_safe_globals), Path(path))
+    if "trunk" in model and isinstance(model["trunk"], Mapping):
+        return {**trunk_state(model["trunk"]), **head_state(model["heads"], head_layers)}
+    flat = rename_keys(model, [("trunk._feature_blocks.", "trunk."), ("_feature_blocks.", "trunk.")])
+    return rename_keys(flat, [(f"heads.{vissl}.", f"heads.head.{index}.") for vissl, index in head_layers.items()])
 
 
 def trunk_state(trunk: StateDict) -> dict[str, torch.Tensor]:

@@ -5,6 +5,12 @@ RCDM used VISSL's model-zoo checkpoint (the default, ``vissl``); the Barlow Twin
 repository's own full checkpoint (``repo``) is a separate training run of the same
 architecture. ``head`` is the projector as trained, in evaluation mode:
 (Linear(no bias) - BN - ReLU) x2 - Linear(8192, 8192, no bias).
+
+``--weights`` takes each source's published file, or its network without the
+wrapping: for ``vissl`` see :mod:`rcdm_plugins._vissl`; for ``repo`` the ``model``
+state dict alone (``module.backbone.*``, ``module.projector.*``, with or without
+``module.``). Either source also takes the encoder's own ``state_dict()``
+(``trunk.*``, ``heads.head.*``), as ``.pth`` or safetensors.
 """
 
 from __future__ import annotations
@@ -14,20 +20,20 @@ from pathlib import Path
 from torch import nn
 
 from rcdm_cli.encoders import (
-    uninitialized,
     BuildRequest,
     EncoderSpec,
     ResNetWithHeads,
     WeightSource,
+    find_state_dict,
     hookimpl,
     load_strict,
     load_torch_file,
     mlp,
     rename_keys,
     resnet50_trunk,
-    subtree,
+    uninitialized,
 )
-from rcdm_plugins._vissl import LARS_SAFE_GLOBALS, MODEL_ZOO, VISSL_LICENSE, head_state, load_vissl_model, trunk_state
+from rcdm_plugins._vissl import LARS_SAFE_GLOBALS, MODEL_ZOO, VISSL_LICENSE, vissl_state as _vissl_state
 from rcdm_plugins._training_scripts import TRAINING_SCRIPT_GLOBALS
 
 VISSL = WeightSource(
@@ -58,7 +64,15 @@ VISSL_HEAD_LAYERS = {"0.clf.0": 0, "0.clf.1": 1, "1.clf.0": 3, "1.clf.1": 4, "2.
 
 # The batch norm the Barlow Twins loss applies to the embeddings: no part of the
 # encoder.
-REPO_LOSS_NORM = "module.bn."
+REPO_LOSS_NORM = ("module.bn.", "bn.")
+# The repository's names (with DistributedDataParallel's prefix, or without) to the
+# encoder's; other keys keep the file's spelling, so that strict loading names them so.
+REPO_NAMES = [
+    ("module.backbone.", "trunk."),
+    ("module.projector.", "heads.head."),
+    ("backbone.", "trunk."),
+    ("projector.", "heads.head."),
+]
 
 
 # Older repository checkpoints pickle the training script's filter (the stand-in is
@@ -73,15 +87,18 @@ def projector() -> nn.Sequential:
 
 
 def vissl_state(path: Path) -> dict:
-    trunk, heads = load_vissl_model(path, extra_safe_globals=SAFE_GLOBALS)
-    return {**trunk_state(trunk), **head_state(heads, VISSL_HEAD_LAYERS)}
+    return _vissl_state(path, VISSL_HEAD_LAYERS, extra_safe_globals=SAFE_GLOBALS)
 
 
 def repo_state(path: Path) -> dict:
-    checkpoint = load_torch_file(path, extra_safe_globals=SAFE_GLOBALS)
-    model = subtree(checkpoint, "model", source=str(path))
+    """The repository checkpoint's ``model`` (or that state dict alone) under the
+    encoder's names, without the loss's batch norm."""
+    model = find_state_dict(
+        load_torch_file(path, extra_safe_globals=SAFE_GLOBALS), ("model",), str(path),
+        "the Barlow Twins repository's checkpoint (a model state dict with module.backbone.* and module.projector.*)",
+    )
     encoder_part = {k: v for k, v in model.items() if not k.startswith(REPO_LOSS_NORM)}
-    return rename_keys(encoder_part, [("module.backbone.", "trunk."), ("module.projector.", "heads.head.")])
+    return rename_keys(encoder_part, REPO_NAMES)
 
 
 def build_barlow(request: BuildRequest) -> nn.Module:

@@ -8,9 +8,10 @@ normalises only inside its loss).
 Two published trainings:
 
 - ``deepmind`` (default): the paper's own 1000-epoch model, released as a JAX/Haiku
-  training checkpoint pickled with ``dill``. It is read by a restricted unpickler that
-  rebuilds numpy arrays, Haiku's mappings (as dicts) and named tuples (as local stand-in
-  classes) and refuses everything else, so nothing in the file is imported or run. The
+  training checkpoint pickled with ``dill``. It is read by rcdm's restricted unpickler
+  (:func:`rcdm_cli.encoders.load_numpy_pickle`), which rebuilds numpy arrays, Haiku's
+  mappings (as dicts) and named tuples (as local stand-in classes) and refuses
+  everything else, so nothing in the file is imported or run. The
   online network's parameters and batch-norm statistics are used; the target network,
   the optimizer state, the predictor and the online linear classifier are training
   state and are left out by name. Haiku pads every convolution and the stem's max-pool
@@ -21,11 +22,19 @@ Two published trainings:
   checkpoint whose ``state_dict`` holds ``backbone.*`` (torchvision layout),
   ``neck.*`` (the projector), ``head.*`` (the predictor) and ``target_net.*`` (the
   momentum network); only the first two are used.
+
+``--weights`` also takes each source's network without the wrapping. For ``deepmind``:
+a pickle of the experiment state alone (or of a dict with ``online_params`` and
+``online_state``), or a tensors file (``.pth`` or safetensors) whose keys are the Haiku
+entries flattened as ``online_params/<module>/<entry>`` and
+``online_state/<module>/<entry>`` (arrays as Haiku stores them, HWIO). For
+``mmselfsup``: the ``state_dict`` alone. Either source takes the encoder's own
+``state_dict()`` (``trunk.*``, ``heads.head.*``); which padding the network uses
+follows the source named (``byol`` or ``byol@mmselfsup``), not the file.
 """
 
 from __future__ import annotations
 
-import collections
 import math
 import pickle
 import zipfile
@@ -45,9 +54,12 @@ from rcdm_cli.encoders import (
     Preprocessing,
     RcdmError,
     ResNetWithHeads,
-    UsageError,
     WeightSource,
+    find_state_dict,
     hookimpl,
+    is_safetensors,
+    is_state_dict,
+    load_numpy_pickle,
     load_strict,
     load_torch_file,
     mlp,
@@ -63,7 +75,7 @@ DEEPMIND_PREPROCESSING = Preprocessing("byol", resize_to=256, interpolation="bic
 DEEPMIND = WeightSource(
     name="deepmind",
     url="https://storage.googleapis.com/deepmind-byol/checkpoints/pretrain_res50x1.pkl",
-    license="CC-BY-NC-4.0 (weights); Apache-2.0 (code)",
+    license="Apache-2.0 (deepmind-research repository); no separate weight licence stated",
     description="DeepMind's BYOL ResNet-50: the paper's model, 1000 epochs, batch 4096 (74.3% linear top-1)",
     notes=(
         "a JAX/Haiku training checkpoint (570 MB, dill pickle of numpy arrays); the online network is used. "
@@ -98,6 +110,8 @@ LAYERS = {
 }
 
 HIDDEN, OUT = 4096, 256
+# the encoder's own state_dict() keys, which --weights files may use for either source
+OWN_PREFIXES = ("trunk.", "heads.")
 
 
 def byol_network(same_padding: bool) -> ResNetWithHeads:
@@ -168,91 +182,6 @@ def _pad_like_tensorflow(trunk: nn.Module) -> None:
 
 # --- reading DeepMind's pickle --------------------------------------------------------------
 
-# numpy's own rebuilders, taken from its pickling so that the module they live in
-# (numpy.core in numpy 1, numpy._core in numpy 2) does not matter.
-_RECONSTRUCT = np.zeros(1).__reduce__()[0]
-_SCALAR = np.float32(0).__reduce__()[0]
-
-
-class Refused(pickle.UnpicklingError):
-    """Something in the pickle that a BYOL checkpoint does not hold (as opposed to a
-    damaged file)."""
-
-
-def _latin1_bytes(text: Any, encoding: Any = None) -> bytes:
-    """Pickle protocol 2 stores bytes (an array's raw data) as
-    ``_codecs.encode(<latin-1 text>, 'latin1')``; nothing else is accepted."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise Refused("_codecs.encode is accepted only to turn latin-1 text back into bytes")
-    return text.encode("latin1")
-
-
-def _empty_bytes(*args: Any) -> bytes:
-    """Protocol 2's spelling of ``b''`` (the data of an empty array)."""
-    if args:
-        raise Refused("bytes() is accepted only without arguments")
-    return b""
-
-
-def _namedtuple_class(name: Any, fields: Any, module: Any = None, defaults: Any = None) -> type:
-    """Stands in for dill's ``_create_namedtuple``, which would import ``module`` to
-    find the real class (BYOL's experiment state, optax's optimizer states): a local
-    named tuple with the same fields, nothing imported."""
-    names = isinstance(fields, (tuple, list)) and all(isinstance(f, str) for f in fields)
-    if not isinstance(name, str) or not names:
-        raise Refused("dill._dill._create_namedtuple with arguments that are not names")
-    typename = name.rpartition(".")[2]
-    return collections.namedtuple(typename if typename.isidentifier() else "Record", fields, rename=True)
-
-
-def _dill_array(function: Any, args: Any, state: Any, npdict: Any = None) -> np.ndarray:
-    """Stands in for dill's ``_create_array`` (newer dill wraps arrays in it): numpy's
-    rebuilder only, for a plain array."""
-    if function is not _RECONSTRUCT or npdict:
-        raise Refused("dill._dill._create_array is accepted only for plain numpy arrays")
-    array = function(*args)
-    array.__setstate__(state)
-    return array
-
-
-def _haiku_mapping(*args: Any) -> dict:
-    """Haiku's ``frozendict`` and ``FlatMapping`` pickle as ``(cls, (plain dict,))``."""
-    if len(args) != 1 or not isinstance(args[0], Mapping):
-        raise Refused("a Haiku mapping pickled with something other than a dict")
-    return dict(args[0])
-
-
-_HAIKU = "haiku._src.data_structures"
-_PICKLE_GLOBALS: dict[tuple[str, str], Any] = {
-    **{(m, "_reconstruct"): _RECONSTRUCT for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
-    **{(m, "scalar"): _SCALAR for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): _latin1_bytes,
-    ("__builtin__", "bytes"): _empty_bytes,
-    ("builtins", "bytes"): _empty_bytes,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    **{(m, "_create_namedtuple"): _namedtuple_class for m in ("dill._dill", "dill.dill")},
-    **{(m, "_create_array"): _dill_array for m in ("dill._dill", "dill.dill")},
-    (_HAIKU, "frozendict"): _haiku_mapping,
-    (_HAIKU, "FlatMapping"): _haiku_mapping,
-}
-
-
-class HaikuCheckpointUnpickler(pickle.Unpickler):
-    """Admits only what a BYOL checkpoint is made of; every other global is refused
-    before it is looked up, so no module is imported and no code runs."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        found = _PICKLE_GLOBALS.get((module, name))
-        if found is None:
-            raise Refused(
-                f"{module}.{name} is not one of the objects a BYOL checkpoint holds "
-                "(numpy arrays, Haiku mappings, named tuples)"
-            )
-        return found
-
-
 _TORCH_LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[:-1]
 
 
@@ -262,19 +191,15 @@ def _is_torch_file(path: Path) -> bool:
     return zipfile.is_zipfile(path) or head == _TORCH_LEGACY_MAGIC
 
 
+def _is_tensor_file(path: Path) -> bool:
+    """A PyTorch or safetensors file, as opposed to DeepMind's (dill) pickle."""
+    return _is_torch_file(path) or is_safetensors(path)
+
+
 def read_haiku_checkpoint(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"no such weights file: {path}")
-    if _is_torch_file(path):
-        raise RcdmError(f"{path} is a PyTorch checkpoint, not DeepMind's BYOL pickle: use byol@mmselfsup for it")
-    try:
-        with open(path, "rb") as f:
-            return HaikuCheckpointUnpickler(f).load()
-    except Refused as exc:
-        raise RcdmError(f"refused to load {path}: {exc}") from None
-    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, AttributeError, LookupError) as exc:
-        raise RcdmError(f"{path} is truncated or corrupt: {type(exc).__name__}: {exc}") from None
+    """DeepMind's pickle, through rcdm's restricted unpickler: numpy arrays, Haiku's
+    mappings (as dicts) and dill's named tuples (as local stand-ins), nothing else."""
+    return load_numpy_pickle(path)
 
 
 # --- DeepMind's Haiku names -> the torchvision-layout network ---------------------------------
@@ -442,10 +367,28 @@ def check_haiku_entries(found: Mapping[TreeKey, Any], layout: Mapping[TreeKey, E
         raise RcdmError(f"{path} does not match the published BYOL (Haiku) layout: " + ", ".join(problems))
 
 
-def deepmind_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The online network of DeepMind's checkpoint, under the network's key names."""
-    path = Path(path)
-    experiment = subtree(read_haiku_checkpoint(path), "experiment_state", source=str(path))
+def _experiment(obj: Any, path: Path) -> Any:
+    """The experiment state: under ``experiment_state`` in the published file, or the
+    file's top level when it holds the state alone (``online_params`` beside
+    ``online_state``)."""
+    if isinstance(obj, Mapping) and "experiment_state" not in obj and PARAMS in obj:
+        return obj
+    if not isinstance(obj, Mapping) and PARAMS in (getattr(obj, "_fields", None) or ()):
+        return obj
+    return subtree(obj, "experiment_state", source=str(path))
+
+
+def haiku_to_torch(found: Mapping[TreeKey, Any], path: Path) -> dict[str, torch.Tensor]:
+    """The online network's Haiku entries, checked against the layout in the file's
+    own names, converted to the network's key names and layouts."""
+    layout = haiku_layout()
+    check_haiku_entries(found, layout, path)
+    return {entry.torch_key: entry.convert(np.asarray(found[key])) for key, entry in layout.items()}
+
+
+def pickled_state(path: Path) -> dict[str, torch.Tensor]:
+    """The online network of DeepMind's pickle (or of a pickle of its experiment state)."""
+    experiment = _experiment(read_haiku_checkpoint(path), path)
     # target_params/target_state (the momentum network) and opt_state are training
     # state: only the online network's two trees are read, and the rest is let go
     # before converting (it is twice the size of what is kept).
@@ -453,9 +396,62 @@ def deepmind_state(path: str | Path) -> dict[str, torch.Tensor]:
     for tree in (PARAMS, STATE):
         found.update(_flatten(tree, _field(experiment, tree, path), path))
     del experiment
-    layout = haiku_layout()
-    check_haiku_entries(found, layout, path)
-    return {entry.torch_key: entry.convert(np.asarray(found[key])) for key, entry in layout.items()}
+    return haiku_to_torch(found, path)
+
+
+def _haiku_key(key: str) -> TreeKey | None:
+    """``online_params/res_net50/~/initial_conv/w`` -> (tree, module, entry): the tree
+    is the first part, the entry the last, the module (which has slashes) between."""
+    tree, _, rest = key.partition("/")
+    module, _, entry = rest.rpartition("/")
+    return (tree, module, entry) if tree in (PARAMS, STATE) and module and entry else None
+
+
+def flat_haiku_state(state: Mapping[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """The network from Haiku entries stored as tensors under flattened names."""
+    trees: dict[str, dict[str, dict[str, Any]]] = {PARAMS: {}, STATE: {}}
+    for key, value in state.items():
+        parsed = _haiku_key(str(key))
+        if parsed is None:
+            raise RcdmError(
+                f"{path}: {key!r} is not a flattened Haiku entry (online_params/<module>/<entry> or "
+                "online_state/<module>/<entry>), and the file is not in the encoder's own layout (trunk.*, heads.head.*)"
+            )
+        tree, module, entry = parsed
+        trees[tree].setdefault(module, {})[entry] = value.numpy()
+    found: dict[TreeKey, Any] = {}
+    for tree, modules in trees.items():
+        found.update(_flatten(tree, modules, path))
+    return haiku_to_torch(found, path)
+
+
+def _looks_like_mmselfsup(obj: Any) -> bool:
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        return True
+    return is_state_dict(obj) and any(str(k).startswith(("backbone.", "neck.")) for k in obj)
+
+
+def tensor_file_state(path: Path) -> dict[str, torch.Tensor]:
+    """A tensors file given for DeepMind's weights: flattened Haiku entries, or the
+    encoder's own keys."""
+    obj = load_torch_file(path, extra_safe_globals=MMENGINE_GLOBALS)
+    if _looks_like_mmselfsup(obj):
+        raise RcdmError(f"{path} is an mmselfsup (PyTorch) checkpoint, not DeepMind's BYOL weights: use byol@mmselfsup for it")
+    state = find_state_dict(
+        obj, (), str(path),
+        "DeepMind's BYOL weights as tensors (online_params/<module>/<entry>, or the encoder's trunk.*, heads.head.*)",
+    )
+    if any(str(k).startswith(OWN_PREFIXES) for k in state):
+        return state
+    return flat_haiku_state(state, path)
+
+
+def deepmind_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The online network of DeepMind's weights, under the network's key names."""
+    path = Path(path)
+    if path.is_file() and _is_tensor_file(path):
+        return tensor_file_state(path)
+    return pickled_state(path)
 
 
 # --- mmselfsup ---------------------------------------------------------------------------------
@@ -486,8 +482,10 @@ def mmselfsup_view(net: ResNetWithHeads) -> nn.Module:
 
 
 def read_mmengine_checkpoint(path: Path) -> Any:
-    if path.is_file() and not _is_torch_file(path):
-        raise RcdmError(f"{path} is not a PyTorch checkpoint (DeepMind's pickle is loaded by byol@deepmind)")
+    if path.is_file() and not _is_tensor_file(path):
+        raise RcdmError(
+            f"{path} is neither a PyTorch checkpoint nor safetensors (DeepMind's pickle is loaded by byol@deepmind)"
+        )
     try:
         return load_torch_file(path, extra_safe_globals=MMENGINE_GLOBALS)
     except RcdmError as exc:
@@ -501,26 +499,36 @@ def read_mmengine_checkpoint(path: Path) -> Any:
         ) from None
 
 
-def mmselfsup_state(path: str | Path) -> dict[str, torch.Tensor]:
+def mmselfsup_state(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """The backbone and neck of an mmselfsup checkpoint (or of its state_dict alone)
+    under the checkpoint's names, or the encoder's own keys (then ``True``)."""
     path = Path(path)
-    state = subtree(read_mmengine_checkpoint(path), "state_dict", source=str(path))
+    state = find_state_dict(
+        read_mmengine_checkpoint(path), ("state_dict",), str(path),
+        "an mmselfsup BYOL checkpoint (a state_dict with backbone.* and neck.*)",
+    )
+    if any(str(k).startswith(OWN_PREFIXES) for k in state):
+        return state, True
     if not any(str(k).startswith("neck.") for k in state):
         sample = ", ".join(sorted(map(str, state))[:3])
         raise RcdmError(
             f"{path} has no projector (no neck.* keys; found {sample}, ...), so the BYOL head cannot be built: "
             "backbone-only releases (such as mmselfsup 0.x's) do not carry it; use the mmselfsup 1.x checkpoint"
         )
-    return {k: v for k, v in state.items() if not str(k).startswith(MMSELFSUP_UNUSED)}
+    return {k: v for k, v in state.items() if not str(k).startswith(MMSELFSUP_UNUSED)}, False
 
 
 def build(request: BuildRequest) -> nn.Module:
     deepmind = request.source is None or request.source.name == DEEPMIND.name
     path = request.weights_path
-    if path is None:
-        return byol_network(same_padding=deepmind)
-    state = deepmind_state(path) if deepmind else mmselfsup_state(path)
     net = byol_network(same_padding=deepmind)
-    load_strict(net if deepmind else mmselfsup_view(net), state, str(path))
+    if path is None:
+        return net
+    if deepmind:
+        state, own = deepmind_state(path), True
+    else:
+        state, own = mmselfsup_state(path)
+    load_strict(net if own else mmselfsup_view(net), state, str(path))
     return net
 
 

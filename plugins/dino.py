@@ -20,6 +20,11 @@ did. Such a file is a dict with ``student``, ``teacher``, ``optimizer``, ``epoch
   Every other key is loaded strictly (a missing, unexpected or mis-shaped key is an
   error that names it).
 
+The ResNet-50's teacher was wrapped in DistributedDataParallel (DINO wraps it when the
+network has batch norms), so its keys carry ``module.``; the ViTs' do not. ``--weights``
+also takes the teacher alone, as a plain state dict (``.pth`` or safetensors), with or
+without ``module.``: its keys are this encoder's own ``state_dict()`` keys.
+
 The ViTs are timm's ``vit_small_patch16_224`` / ``vit_base_patch16_224``, whose key
 names are those of DINO's own ``vision_transformer.py`` (a copy of timm's), built with
 DINO's settings (``qkv_bias=True``, LayerNorm eps 1e-6, class token); ``backbone`` is
@@ -45,8 +50,10 @@ from rcdm_cli.encoders import (
     EncoderSpec,
     Preprocessing,
     WeightSource,
+    drop_common_prefix,
     global_pool,
     hookimpl,
+    is_state_dict,
     load_strict,
     load_torch_file,
     mlp,
@@ -86,27 +93,32 @@ VITS16 = _source("vits16", "dino_deitsmall16_pretrain", "DINO ViT-S/16 teacher (
 VITB16 = _source("vitb16", "dino_vitbase16_pretrain", "DINO ViT-B/16 teacher (78.2% linear top-1)")
 
 
+def _found(obj: Any) -> str:
+    if isinstance(obj, Mapping):
+        return ", ".join(sorted(map(str, obj))[:8])
+    return type(obj).__name__
+
+
 def teacher_state(path: Path) -> dict[str, Any]:
-    """The teacher's state dict from a DINO full checkpoint, without the prototype
-    layer (``head.last_layer.*``)."""
+    """The teacher's state dict, without the prototype layer (``head.last_layer.*``),
+    from a DINO full checkpoint or from a file holding the teacher alone."""
     checkpoint = load_torch_file(path)
-    teacher = checkpoint.get("teacher") if isinstance(checkpoint, Mapping) else None
-    if not isinstance(teacher, Mapping):
-        if isinstance(checkpoint, Mapping):
-            found = ", ".join(sorted(map(str, checkpoint))[:8])
-        else:
-            found = type(checkpoint).__name__
+    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("teacher"), Mapping):
+        teacher = checkpoint["teacher"]
+    elif is_state_dict(checkpoint):
+        teacher = checkpoint
+    else:
         raise RcdmError(
-            f"{path} is not a DINO full checkpoint: it has no 'teacher' state dict (found: {found}); "
-            "the published *_full_checkpoint.pth file (student, teacher, optimizer, ...) is expected; "
-            "a backbone-only file has no projection head"
+            f"{path} is not a DINO checkpoint: it has no 'teacher' state dict and is not one itself "
+            f"(found: {_found(checkpoint)}); the published *_full_checkpoint.pth file (student, teacher, "
+            "optimizer, ...) or a teacher state dict (backbone.*, head.mlp.*) is expected"
         )
-    state = dict(teacher)
-    # A teacher wrapped in DistributedDataParallel (DINO wraps it when the network has
-    # batch norms, as the ResNet-50 does) saves every key under "module."; strip it only
-    # when all keys have it, so that a partly prefixed file is still reported key by key.
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    state = drop_common_prefix(teacher, "module.")
+    if not any(str(k).startswith("backbone.") for k in state):
+        raise RcdmError(
+            f"{path} holds no backbone.* keys (found: {_found(state)}): not a DINO teacher; a backbone-only "
+            "release has no projection head, so the published *_full_checkpoint.pth file is needed"
+        )
     return {k: v for k, v in state.items() if not k.startswith(LAST_LAYER)}
 
 

@@ -20,7 +20,7 @@ from rcdm_cli.encoders import (
     mlp,
     resnet50_trunk,
 )
-from rcdm_plugins._vissl import MODEL_ZOO, VISSL_LICENSE, head_state, load_vissl_model, trunk_state
+from rcdm_plugins._vissl import MODEL_ZOO, VISSL_LICENSE, vissl_state
 
 VISSL = WeightSource(
     name="vissl",
@@ -47,8 +47,7 @@ def projection() -> nn.Sequential:
 
 def build_simclr(request: BuildRequest) -> nn.Module:
     path = request.weights_path
-    trunk, heads = load_vissl_model(path)
-    state = {**trunk_state(trunk), **head_state(heads, VISSL_HEAD_LAYERS)}
+    state = vissl_state(path, VISSL_HEAD_LAYERS)
     net = ResNetWithHeads(resnet50_trunk(), heads={"head": projection()})
     return load_strict(net, state, str(path))
 

@@ -11,7 +11,10 @@ network never computed.
 
 The published file is a flat state dict whose keys all carry DistributedDataParallel's
 ``module.`` prefix. SwAV's own training checkpoints (``checkpoint.pth.tar``) hold the
-same keys under ``state_dict`` beside the optimizer state; those are accepted too.
+same keys under ``state_dict`` beside the optimizer state; those are accepted too, as
+are the keys without ``module.``, and the encoder's own ``state_dict()`` (``trunk.*``,
+``heads.head.*``, ``heads.prototypes.*``), as ``.pth`` or safetensors. Each form is
+loaded under its own names, so an error names a key as the file spells it.
 """
 
 from __future__ import annotations
@@ -96,6 +99,22 @@ def published_view(net: ResNetWithHeads) -> nn.Module:
     return view
 
 
+OWN_PREFIXES = ("trunk.", "heads.")
+
+
+def target_view(net: ResNetWithHeads, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """The module whose names ``state`` uses: the published file's (``module.*``), the
+    same without the prefix, or the encoder's own. Chosen by most keys, so that the
+    odd key out is the one reported."""
+    def share(prefixes: tuple[str, ...]) -> float:
+        return sum(str(k).startswith(prefixes) for k in state) / max(len(state), 1)
+
+    view = published_view(net)
+    if share(OWN_PREFIXES) > 0.5:
+        return net
+    return view if share(("module.",)) > 0.5 else view.module
+
+
 def published_state(obj: object, path: Path) -> Mapping[str, torch.Tensor]:
     """The weights of a released file, or of a training checkpoint's ``state_dict``."""
     if not isinstance(obj, Mapping):
@@ -115,7 +134,7 @@ def build(request: BuildRequest) -> nn.Module:
     net = swav_network()
     path = Path(request.weights_path)
     state = published_state(load_torch_file(path), path)
-    load_strict(published_view(net), state, str(path))
+    load_strict(target_view(net, state), state, str(path))
     return net
 
 

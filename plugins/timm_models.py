@@ -1,19 +1,28 @@
 """Any timm model as an encoder: ``timm:<model name>``, e.g. ``timm:convnext_tiny.fb_in1k``.
 
 ``backbone`` is the model's pooled features (``num_classes=0``). Weights come from
-timm's own source (the Hugging Face hub, cached by timm), or from a local file given
-with ``--weights`` (a timm state dict, ``.safetensors`` or ``.pth``, classifier keys
-ignored). Native preprocessing follows the model's pretrained configuration.
+timm's own source (the Hugging Face hub, cached by huggingface_hub), or from a local
+file given with ``--weights`` (a timm state dict as safetensors or ``.pth``, also under
+``state_dict`` or with ``module.``; classifier keys ignored). Everything
+``rcdm encoders timm:<model>`` shows (layers, input size, normalisation, weight source
+and licence) comes from timm's ``pretrained_cfg``, which is offline data: the model is
+built on the meta device, without weights.
+
+With ``RCDM_OFFLINE`` set, a copy already in the Hugging Face cache is used; nothing
+is fetched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
 
 import timm
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from rcdm_cli.encoders import (
@@ -22,11 +31,18 @@ from rcdm_cli.encoders import (
     Preprocessing,
     RcdmError,
     UsageError,
+    WeightSource,
+    drop_common_prefix,
+    find_state_dict,
     hookimpl,
     load_strict,
     load_torch_file,
     offline,
 )
+
+HF = "https://huggingface.co"
+# what timm asks the hub for, in order, when the configuration names no file
+HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 class PooledFeatures(nn.Module):
@@ -38,23 +54,42 @@ class PooledFeatures(nn.Module):
         return self.model(x)
 
 
-def _create(name: str, pretrained: bool) -> nn.Module:
-    if not timm.is_model(name.split(".")[0]):
-        close = timm.list_models(f"*{name.split('.')[0].split('_')[0]}*")[:8]
+def _check_name(name: str) -> None:
+    """A clear error for a model timm does not have, or a pretrained tag it lacks."""
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
+        close = timm.list_models(f"*{arch.split('_')[0]}*")[:8]
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise UsageError(f"timm has no model {name!r}{hint}")
-    return timm.create_model(name, pretrained=pretrained, num_classes=0)
+    if tag:
+        try:
+            timm.models.get_pretrained_cfg(name)
+        except RuntimeError:
+            tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{arch}.*")][:8]
+            raise UsageError(
+                f"timm's {arch} has no pretrained weights {tag!r}; it has: {', '.join(tags) or 'none'}"
+            ) from None
+
+
+def _create(name: str, **kwargs: Any) -> nn.Module:
+    _check_name(name)
+    return timm.create_model(name, num_classes=0, **kwargs)
 
 
 @lru_cache(maxsize=32)
-def describe(name: str):
+def _meta_model(name: str) -> tuple[int, dict]:
+    """The model's feature width and resolved pretrained configuration, from a model
+    built on the meta device: no memory, no weights, no network."""
     with torch.device("meta"):
         model = _create(name, pretrained=False)
-    cfg = model.pretrained_cfg or {}
+    return int(model.num_features), dict(model.pretrained_cfg or {})
+
+
+def _preprocessing(name: str, cfg: dict) -> Preprocessing:
     size = int(cfg.get("input_size", (3, 224, 224))[-1])
     crop_pct = float(cfg.get("crop_pct", 0.875) or 1.0)
     interpolation = cfg.get("interpolation", "bicubic")
-    preprocessing = Preprocessing(
+    return Preprocessing(
         f"timm:{name}",
         size=size,
         resize_to=int(math.floor(size / crop_pct)),
@@ -62,36 +97,132 @@ def describe(name: str):
         mean=tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),
         std=tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))),
     )
-    return {"backbone": (int(model.num_features), "pooled features (timm num_classes=0)")}, preprocessing
+
+
+def hub_cache_dir(hub_id: str) -> Path:
+    """Where huggingface_hub keeps a model repository's files."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / ("models--" + hub_id.replace("/", "--"))
+
+
+def _hub_files(cfg: dict) -> tuple[str, ...]:
+    return (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else HUB_FILES
+
+
+def _where(cfg: dict) -> tuple[str | None, Path | None]:
+    """The address timm downloads the weights from, and where it keeps them."""
+    hub_id = cfg.get("hf_hub_id")
+    if hub_id:
+        return f"{HF}/{hub_id}/resolve/main/{_hub_files(cfg)[0]}", hub_cache_dir(hub_id)
+    url = cfg.get("url")
+    if url:
+        return url, Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    return None, None
+
+
+def weight_source(name: str, cfg: dict) -> WeightSource | None:
+    """timm's pretrained weights for one model, as ``rcdm encoders`` shows them."""
+    address, cache = _where(cfg)
+    if address is None:
+        return None
+    hub_id = cfg.get("hf_hub_id")
+    notes = [f"downloaded by timm from the Hugging Face hub repository {hub_id}" if hub_id else f"downloaded by timm from {address}"]
+    notes.append(f"cached in {cache}")
+    if hub_id and cfg.get("url"):
+        notes.append(f"originally published at {cfg['url']}")
+    if cfg.get("crop_mode", "center") != "center":
+        notes.append(f"timm evaluates it with crop_mode {cfg['crop_mode']!r}; rcdm centre-crops")
+    return WeightSource(
+        name=cfg.get("tag") or "default",
+        url=f"{HF}/{hub_id}" if hub_id else address,
+        license=cfg.get("license") or "not stated in timm's pretrained_cfg",
+        description=f"timm's pretrained weights {cfg.get('architecture', name)}.{cfg.get('tag') or 'default'}",
+        notes="; ".join(notes),
+        checked_by="fetched by timm through huggingface_hub; rcdm checks no hash of it" if hub_id
+        else "fetched by timm through torch hub; rcdm checks no hash of it",
+    )
+
+
+def describe(name: str):
+    width, cfg = _meta_model(name)
+    layers = {"backbone": (width, "pooled features (timm num_classes=0)")}
+    source = weight_source(name, cfg)
+    return layers, _preprocessing(name, cfg), (source,) if source else ()
+
+
+@contextlib.contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """huggingface_hub logs every failed attempt ("... thrown while requesting HEAD")
+    on its own stderr handler; the one error rcdm reports says it all."""
+    hub = logging.getLogger("huggingface_hub")
+    level = hub.level
+    hub.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub.setLevel(level)
+
+
+def _cached_file(cfg: dict) -> Path | None:
+    """A copy of the weights already in the Hugging Face (or torch hub) cache."""
+    hub_id = cfg.get("hf_hub_id")
+    if hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in _hub_files(cfg):
+            found = try_to_load_from_cache(hub_id, filename)
+            if isinstance(found, str):
+                return Path(found)
+        return None
+    _, path = _where(cfg)
+    return path if path is not None and path.is_file() else None
+
+
+def _unreachable(name: str, cfg: dict, reason: str) -> RcdmError:
+    address, cache = _where(cfg)
+    if address is None:
+        return RcdmError(f"timm publishes no pretrained weights for {name}; give a local file with --weights")
+    return RcdmError(
+        f"could not get timm's weights for {name} ({reason}): download {address} by other means and give it "
+        f"with --weights, or fill the cache at {cache} from a machine that has it"
+    )
+
+
+def _pretrained(name: str) -> nn.Module:
+    """The model with timm's weights: from the cache when offline, else through timm."""
+    _, cfg = _meta_model(name)
+    if offline():
+        cached = _cached_file(cfg)
+        if cached is None:
+            raise _unreachable(name, cfg, "RCDM_OFFLINE is set and they are not in the cache")
+        return _create(name, pretrained=True, pretrained_cfg_overlay={"file": str(cached)})
+    try:
+        with _quiet_hub():
+            return _create(name, pretrained=True)
+    except (UsageError, RcdmError):
+        raise
+    except Exception as exc:  # network, hub and cache errors all mean the same thing here
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise _unreachable(name, cfg, f"{type(exc).__name__}: {first}" if first else type(exc).__name__) from None
+
+
+def local_state(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """A local timm state dict, without the classifier (``num_classes=0`` has none)."""
+    state = find_state_dict(load_torch_file(path), ("state_dict", "model"), str(path), "a timm state dict")
+    state = drop_common_prefix(drop_common_prefix(state, "module."), "model.")
+    classifier = (model.pretrained_cfg or {}).get("classifier") or "head"
+    prefixes = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    return {k: v for k, v in state.items() if not any(k == p or k.startswith(p + ".") for p in prefixes)}
 
 
 def build(request: BuildRequest) -> nn.Module:
     name = request.argument
     if request.weights_path is None:
-        if offline():
-            raise RcdmError(f"RCDM_OFFLINE is set: timm cannot fetch {name}'s weights; give a local file with --weights")
-        try:
-            model = _create(name, pretrained=True)
-        except (UsageError, RcdmError):
-            raise
-        except Exception as exc:
-            cfg = timm.models.get_pretrained_cfg(name.split(".")[0]) if "." not in name else None
-            where = getattr(cfg, "hf_hub_id", None) or name
-            raise RcdmError(
-                f"could not get timm's pretrained weights for {name} ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); from {where} via the Hugging Face hub, "
-                "or give a local file with --weights"
-            ) from None
-        return PooledFeatures(model)
+        return PooledFeatures(_pretrained(name))
     model = _create(name, pretrained=False)
     path = request.weights_path
-    state = load_file(str(path)) if path.suffix == ".safetensors" else load_torch_file(path)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    classifier = (model.pretrained_cfg or {}).get("classifier") or "head"
-    prefixes = (classifier,) if isinstance(classifier, str) else tuple(classifier)
-    state = {k: v for k, v in state.items() if not any(k == p or k.startswith(p + ".") for p in prefixes)}
-    load_strict(model, state, str(path))
+    load_strict(model, local_state(path, model), str(path))
     return PooledFeatures(model)
 
 

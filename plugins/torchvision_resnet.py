@@ -3,7 +3,13 @@
 ``supervised`` is the encoder of the released ``supervised`` RCDM model, which used
 torchvision's original (V1) weights; V2 (the improved training recipe) is
 ``supervised@v2``. ``random`` is the paper's untrained baseline: a ResNet-50 with
-PyTorch's default initialisation from a fixed seed.
+torchvision's default initialisation (Kaiming-normal convolutions, batch norms at
+scale 1 and shift 0, so every residual branch is live) from a fixed seed.
+
+``--weights`` for ``supervised`` takes torchvision's file (``conv1.weight`` ...
+``fc.bias``) as a ``.pth`` or safetensors file, also inside a ``state_dict`` or
+``model`` entry or with DistributedDataParallel's ``module.`` prefix, or this
+encoder's own ``state_dict()`` (``trunk.*``, ``heads.logits.*``).
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ from rcdm_cli.encoders import (
     EncoderSpec,
     Preprocessing,
     ResNetWithHeads,
+    UsageError,
     WeightSource,
+    drop_common_prefix,
+    find_state_dict,
     hookimpl,
     load_strict,
     load_torch_file,
@@ -48,17 +57,31 @@ RESNET_LAYERS = {
 }
 
 
+OWN_PREFIXES = ("trunk.", "heads.")
+
+
+def supervised_state(path) -> dict[str, torch.Tensor]:
+    """The weights of ``path`` under the network's names (``trunk.*``, ``heads.logits.*``)."""
+    state = find_state_dict(
+        load_torch_file(path), ("state_dict", "model"), str(path),
+        "a state dict of torchvision's ResNet-50 (conv1.weight ... fc.bias)",
+    )
+    state = drop_common_prefix(state, "module.")
+    if any(k.startswith(OWN_PREFIXES) for k in state):  # this encoder's own state_dict()
+        return state
+    return rename_keys(state, [("fc.", "heads.logits."), ("", "trunk.")])
+
+
 def build_supervised(request: BuildRequest) -> nn.Module:
     net = ResNetWithHeads(resnet50_trunk(), heads={"logits": nn.Linear(2048, 1000)})
     if request.weights_path is not None:
-        state = load_torch_file(request.weights_path)
-        if not isinstance(state, dict):
-            raise TypeError("torchvision weights are a plain state dict")
-        load_strict(net, rename_keys(state, [("fc.", "heads.logits."), ("", "trunk.")]), str(request.weights_path))
+        load_strict(net, supervised_state(request.weights_path), str(request.weights_path))
     return net
 
 
 def build_random(request: BuildRequest) -> nn.Module:
+    if request.weights_path is not None:
+        raise UsageError("the random encoder is untrained and takes no weights file: drop --weights")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(request.seed)
         return ResNetWithHeads(resnet50_trunk())
@@ -78,7 +101,7 @@ def register_encoders(register):
     register(
         EncoderSpec(
             name="random",
-            description="untrained ResNet-50, default PyTorch initialisation from seed 0 (the paper's baseline)",
+            description="untrained ResNet-50, torchvision's default initialisation from seed 0 (the paper's baseline)",
             build=build_random,
             layers=dict(RESNET_LAYERS),
         )

@@ -5,6 +5,11 @@ Only the repository's full checkpoint has the expander (projector) that the ``he
 layer needs; the backbone-only file does not, so it is not offered. ``head`` is the
 expander as trained, in evaluation mode: Linear(2048, 8192) - BN - ReLU -
 Linear(8192, 8192) - BN - ReLU - Linear(8192, 8192, no bias).
+
+``--weights`` takes the full checkpoint, its ``model`` state dict alone
+(``module.backbone.*``, ``module.projector.*``, with or without ``module.``), or the
+encoder's own ``state_dict()`` (``trunk.*``, ``heads.head.*``), as ``.pth`` or
+safetensors.
 """
 
 from __future__ import annotations
@@ -15,15 +20,16 @@ from torch import nn
 from rcdm_cli.encoders import (
     BuildRequest,
     EncoderSpec,
+    RcdmError,
     ResNetWithHeads,
     WeightSource,
+    find_state_dict,
     hookimpl,
     load_strict,
     load_torch_file,
     mlp,
     rename_keys,
     resnet50_trunk,
-    subtree,
     uninitialized,
 )
 from rcdm_plugins._training_scripts import TRAINING_SCRIPT_GLOBALS
@@ -48,18 +54,40 @@ def expander() -> nn.Sequential:
     return mlp([2048, 8192, 8192, 8192], batch_norm=True, last_bias=False)
 
 
+# The checkpoint's names (with DistributedDataParallel's prefix, or without) to the
+# encoder's; other keys keep the file's spelling, so that strict loading names them so.
+CHECKPOINT_NAMES = [
+    ("module.backbone.", "trunk."),
+    ("module.projector.", "heads.head."),
+    ("backbone.", "trunk."),
+    ("projector.", "heads.head."),
+]
+
+
 def load_checkpoint_model(path: str | Path) -> dict:
     """The ``model`` state dict of the full checkpoint (DistributedDataParallel's
-    ``module.`` prefix included)."""
+    ``module.`` prefix included), or the file's state dict when it holds only that."""
     checkpoint = load_torch_file(path, extra_safe_globals=TRAINING_SCRIPT_GLOBALS)
-    return subtree(checkpoint, "model", source=str(path))
+    return find_state_dict(
+        checkpoint, ("model",), str(path),
+        "VICReg's full checkpoint (a model state dict with module.backbone.* and module.projector.*)",
+    )
+
+
+def vicreg_state(path: str | Path) -> dict:
+    state = rename_keys(load_checkpoint_model(path), CHECKPOINT_NAMES)
+    if not any(k.startswith("heads.head.") for k in state):
+        sample = ", ".join(sorted(state)[:3])
+        raise RcdmError(
+            f"{path} has no expander (no projector.* keys; found {sample}, ...), so the head layer cannot be "
+            "built: the backbone-only resnet50.pth does not carry it; use resnet50_fullckpt.pth"
+        )
+    return state
 
 
 def build_vicreg(request: BuildRequest) -> nn.Module:
     path = request.weights_path
-    state = rename_keys(
-        load_checkpoint_model(path), [("module.backbone.", "trunk."), ("module.projector.", "heads.head.")]
-    )
+    state = vicreg_state(path)
     net = ResNetWithHeads(resnet50_trunk(), heads={"head": uninitialized(expander)})
     return load_strict(net, state, str(path))
 

@@ -49,6 +49,9 @@ def test_every_weight_source_has_an_address_a_licence_and_a_file_name(specs):
             assert source.license.strip(), where
             assert source.file_name, where
             assert source.description.strip() and "\n" not in source.description, where
+            # the check a download gets is stated: a published digest, or completeness only
+            hashed = source.sha256 or source.sha256_prefix
+            assert ("SHA-256" in source.integrity) if hashed else ("Content-Length" in source.integrity), where
 
 
 def test_one_cached_file_name_is_one_address(specs):

@@ -150,9 +150,12 @@ def full_checkpoint(teacher: dict, arch: str, differs: tuple[str, ...], teacher_
 
 @pytest.fixture(scope="module")
 def rn50(tmp_path_factory):
+    """The published ResNet-50 file: DINO wraps a teacher with batch norms in
+    DistributedDataParallel, so every teacher key is saved under ``module.``."""
     teacher = resnet50_teacher()
     path = tmp_path_factory.mktemp("dino") / "dino_resnet50_pretrain_full_checkpoint.pth"
-    torch.save(full_checkpoint(teacher, "resnet50", ("backbone.bn1.weight", "head.mlp.3.bias")), path)
+    checkpoint = full_checkpoint(teacher, "resnet50", ("backbone.bn1.weight", "head.mlp.3.bias"), teacher_prefix="module.")
+    torch.save(checkpoint, path)
     return path, teacher
 
 
@@ -282,18 +285,24 @@ def test_dino_resnet50_matches_torchvision_and_the_head_by_hand(rn50):
     assert x.grad.abs().sum() > 0
 
 
-def test_a_ddp_prefixed_or_trimmed_teacher_loads_the_same(rn50, tmp_path):
+def test_the_main_fixture_is_the_published_ddp_layout(rn50):
+    teacher = torch.load(rn50[0], weights_only=False)["teacher"]
+    assert all(k.startswith("module.backbone.") or k.startswith("module.head.") for k in teacher)
+    assert "module.head.last_layer.weight" in teacher
+
+
+def test_an_unprefixed_or_trimmed_teacher_loads_the_same(rn50, tmp_path):
     path, teacher = rn50
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         expected = create_encoder("dino", weights_path=path)(x, "head")
-    # every teacher key under "module." (a DistributedDataParallel-wrapped teacher)
-    prefixed = full_checkpoint(teacher, "resnet50", (), teacher_prefix="module.")
-    torch.save(prefixed, tmp_path / "ddp.pth")
+    # a teacher saved without DistributedDataParallel's "module."
+    plain = full_checkpoint(teacher, "resnet50", ())
+    torch.save(plain, tmp_path / "plain.pth")
     # no prototype layer: not needed by any layer, so not required
     trimmed = {k: v for k, v in teacher.items() if not k.startswith("head.last_layer")}
     torch.save({"teacher": trimmed}, tmp_path / "trimmed.pth")
-    for name in ("ddp.pth", "trimmed.pth"):
+    for name in ("plain.pth", "trimmed.pth"):
         with torch.no_grad():
             assert torch.equal(create_encoder("dino", weights_path=tmp_path / name)(x, "head"), expected)
 
@@ -303,11 +312,14 @@ def test_files_not_in_the_published_layout_are_refused_by_name(rn50, tmp_path):
     # a backbone-only release (a plain torchvision state dict) or any file without a teacher
     backbone_only = {k[len("backbone."):]: v for k, v in teacher.items() if k.startswith("backbone.")}
     torch.save(backbone_only, tmp_path / "backbone.pth")
-    with pytest.raises(RcdmError, match=r"not a DINO full checkpoint: it has no 'teacher' state dict \(found: bn1\."):
+    with pytest.raises(RcdmError, match=r"holds no backbone\.\* keys \(found: bn1\..*backbone-only release has no projection head"):
         create_encoder("dino", weights_path=tmp_path / "backbone.pth")
     torch.save(torch.zeros(3), tmp_path / "tensor.pth")
-    with pytest.raises(RcdmError, match=r"no 'teacher' state dict \(found: Tensor\).*_full_checkpoint\.pth"):
+    with pytest.raises(RcdmError, match=r"no 'teacher' state dict and is not one itself \(found: Tensor\).*_full_checkpoint\.pth"):
         create_encoder("dino", weights_path=tmp_path / "tensor.pth")
+    torch.save({"epoch": 100, "args": {}}, tmp_path / "other.pth")
+    with pytest.raises(RcdmError, match=r"no 'teacher' state dict and is not one itself \(found: args, epoch\)"):
+        create_encoder("dino", weights_path=tmp_path / "other.pth")
 
     # a missing head key is named as the file spells it
     broken = {k: v for k, v in teacher.items() if k != "head.mlp.3.bias"}

@@ -153,10 +153,14 @@ def test_a_damaged_file_is_refused_naming_the_key(model, tmp_path, damage, part,
     assert named in str(err.value)
 
 
-def test_a_file_without_vissl_nesting_is_refused(model, tmp_path):
-    path = save_legacy({"model": model}, tmp_path / "flat.torch")
-    with pytest.raises(RcdmError, match="classy_state_dict"):
+def test_a_file_in_no_vissl_form_is_refused(model, tmp_path):
+    path = save_legacy({"state_dict": {"encoder.conv1.weight": torch.zeros(1)}, "epoch": 1}, tmp_path / "other.torch")
+    with pytest.raises(RcdmError, match=r"not in VISSL's layout \(classy_state_dict/base_model/model.*found: epoch, state_dict"):
         create_encoder("simclr", weights_path=path)
+    # a flat state dict in another naming (torchvision's, no trunk)
+    torch.save(resnet50_state(), tmp_path / "torchvision.pth")
+    with pytest.raises(RcdmError, match=r"not in VISSL's layout .*found: bn1\.bias"):
+        create_encoder("simclr", weights_path=tmp_path / "torchvision.pth")
 
 
 def test_gradients_reach_the_input(encoder):

@@ -162,11 +162,14 @@ def test_a_damaged_file_is_refused_naming_the_key(model, tmp_path, damage, key, 
     assert named in str(err.value)
 
 
-def test_a_file_without_the_model_entry_is_refused(tmp_path):
-    path = tmp_path / "backbone_only.pth"
+def test_a_file_without_the_expander_or_the_model_is_refused(tmp_path):
+    path = tmp_path / "resnet50.pth"  # the repository's backbone-only release
     torch.save(OrderedDict(resnet50_state()), path)
-    with pytest.raises(RcdmError, match="has no model"):
+    with pytest.raises(RcdmError, match=r"has no expander \(no projector\.\* keys; found bn1\.bias.*use resnet50_fullckpt\.pth"):
         create_encoder("vicreg", weights_path=path)
+    torch.save({"epoch": 3, "optimizer": {}}, tmp_path / "no_model.pth")
+    with pytest.raises(RcdmError, match=r"is not VICReg's full checkpoint .*: it holds epoch \(int\), optimizer \(dict\)"):
+        create_encoder("vicreg", weights_path=tmp_path / "no_model.pth")
 
 
 def test_gradients_reach_the_input(encoder):

@@ -4,10 +4,10 @@ Files land in ``$RCDM_HOME`` (default: ``$XDG_CACHE_HOME/rcdm``, i.e. ``~/.cache
 A download streams into ``<name>.part`` and is renamed into place only once its size
 matches the server's Content-Length (and its SHA-256, when one is known), so an
 interrupted download is never mistaken for a complete file. Beside it,
-``<name>.verified.json`` records the size and SHA-256 of what arrived: a cached file
-that has since changed (a copy cut short, a disk error) is refused with the advice to
-delete it, and a file put there by hand is hashed once against a published digest,
-not on every use. ``RCDM_OFFLINE=1`` forbids
+``<name>.verified.json`` records the size, modification time and SHA-256 of what
+arrived: a cached file that has since changed (a copy cut short, a disk error) is
+refused with the advice to delete it, and a file put there by hand is hashed once
+against a published digest, not on every use. ``RCDM_OFFLINE=1`` forbids
 any network access. When a file cannot be fetched, the error names the URL and the exact
 path where a copy obtained elsewhere can be put.
 """
@@ -71,30 +71,41 @@ def _read_record(dest: Path) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def _write_record(dest: Path, url: str, size: int, digest: str) -> None:
+def _write_record(dest: Path, url: str, digest: str) -> None:
     from rcdm_cli.fileio import write_json
 
+    stat = dest.stat()
     try:
-        write_json(record_path(dest), {"url": url, "bytes": size, "sha256": digest})
+        write_json(record_path(dest), {"url": url, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest})
     except RcdmError:
-        pass  # a read-only cache still serves the file; it is checked again next time
+        pass  # a cache shared read-only still serves the file; it is checked again next time
 
 
 def _check_cached(url: str, dest: Path, sha256: str | None, sha256_prefix: str | None) -> None:
-    """Refuse a cached file that is not what was downloaded or published."""
+    """Refuse a cached file that is not what was downloaded, or not what was published.
+
+    The file is hashed only when it has no record yet (put there by hand, or by torch
+    hub) and a digest is published, or when it changed since its record was written."""
     record = _read_record(dest)
-    size = dest.stat().st_size
-    delete = f"delete it to download {url} again, or " + _manual_hint(url, dest)
-    if record is not None and record.get("bytes") != size:
-        raise RcdmError(f"{dest} is {size} bytes but {record.get('bytes')} were downloaded: the cached copy is damaged; {delete}")
-    known = record.get("sha256") if record is not None else None
-    if not (sha256 or sha256_prefix):
-        return
-    digest = known or sha256sum(dest)
-    if (sha256 and digest != sha256) or (sha256_prefix and not digest.startswith(sha256_prefix)):
-        raise RcdmError(f"{dest} does not have the published SHA-256 {sha256 or sha256_prefix + '...'}; {delete}")
-    if known is None:
-        _write_record(dest, url, size, digest)
+    stat = dest.stat()
+    advice = f"delete it and run again to download it afresh, or {_manual_hint(url, dest)}"
+    if record is not None and record.get("bytes") != stat.st_size:
+        raise RcdmError(f"{dest} is {stat.st_size} bytes but {record.get('bytes')} were downloaded: it is damaged; {advice}")
+    unchanged = record is not None and record.get("mtime_ns") == stat.st_mtime_ns and record.get("sha256")
+    expected = sha256 or sha256_prefix
+    if unchanged or (expected is None and (record is None or not record.get("sha256"))):
+        digest = record.get("sha256") if record else None
+    else:
+        digest = sha256sum(dest)
+    if record is not None and record.get("sha256") and digest != record["sha256"]:
+        raise RcdmError(f"{dest} changed since it was downloaded (its SHA-256 is not the download's): it is damaged; {advice}")
+    if expected is not None and not digest.startswith(expected):
+        how = "starts with" if len(expected) < 64 else "is"
+        raise RcdmError(
+            f"{dest} has SHA-256 {digest}, but the published file's {how} {expected}: it is damaged or another file; {advice}"
+        )
+    if digest is not None and not unchanged:
+        _write_record(dest, url, digest)
 
 
 def download(
@@ -141,7 +152,7 @@ def download(
         if sha256_prefix and not digest.hexdigest().startswith(sha256_prefix):
             raise RcdmError(f"download of {url} has SHA-256 {digest.hexdigest()}, expected {sha256_prefix}...")
         os.replace(part, dest)
-        _write_record(dest, url, done, digest.hexdigest())
+        _write_record(dest, url, digest.hexdigest())
     except (urllib.error.URLError, socket.timeout, ConnectionError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
         raise RcdmError(f"could not download {url} ({reason}); " + _manual_hint(url, dest)) from None

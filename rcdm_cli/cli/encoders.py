@@ -12,59 +12,105 @@ from rcdm_cli.cli.console import log, print_json, settings
 
 
 def encoders(
-    name: Optional[str] = typer.Argument(None, help="Show one encoder in detail (weights, notes, preprocessing).", autocompletion=complete_encoder),
+    name: Optional[str] = typer.Argument(
+        None,
+        help="Show one encoder in detail (weights, licences, checks, notes, preprocessing); "
+        "FAMILY:MODEL (timm:convnext_tiny.fb_in1k) shows that model.",
+        autocompletion=complete_encoder,
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the list as JSON on stdout."),
 ) -> None:
     """List the installed encoders: layers, input, weights and licences, plugin."""
     from rich.console import Console
-    from rich.table import Table
 
     from rcdm_cli.encoders import EncoderName, get_registry
-    from rcdm_cli.errors import UsageError
 
     registry = get_registry()
-    rows = registry.catalog()
-    if name is not None:
-        base = EncoderName.parse(name).base
-        rows = [r for r in rows if r["name"].split(":")[0] == base]
-        if not rows:
-            raise UsageError(f"unknown encoder {name!r}; available: {', '.join(registry.names())}")
+    parsed = EncoderName.parse(name) if name is not None else None
+    if parsed is None:
+        rows = registry.catalog()
+    elif parsed.argument:
+        rows = [registry.member(name)]  # one model of a family, described by the family
+    else:
+        entry = registry.specs.get(parsed.base)
+        if entry is None or not entry.spec.family:
+            registry.get(name)  # an unknown name (or weights) is an error listing what there is
+        rows = [r for r in registry.catalog() if r["name"].split(":")[0] == parsed.base]
     if json_out:
         print_json({"encoders": rows, "failed_plugins": registry.failed})
         return
+    console = Console()  # the listing is the result: stdout
     if name is not None:
-        _details(rows[0], Console())
-        return
-    table = Table(show_lines=True)
-    for column in ("encoder", "layers", "input", "weights (licence)", "plugin"):
-        table.add_column(column)
+        _details(rows[0], console)
+    else:
+        console.print(_table(rows))
+    for plugin, problem in registry.failed.items():
+        log.warning("plugin %s failed to load: %s", plugin, problem)
+
+
+def _short_input(row: dict) -> str:
+    """``224 from 256 / bicubic, ImageNet``: the crop, the resize before it, the
+    statistics, on three short lines."""
+    pre = row["preprocessing"]
+    resize = f" from {pre['resize_to']}\n{pre['interpolation']}," if pre["resize"] == "short-side" else "\nadm crop,"
+    stats = (pre["mean"], pre["std"])
+    if stats == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]):
+        norm = "ImageNet"
+    elif stats == ([0.5] * 3, [0.5] * 3):
+        norm = "[-1, 1]"
+    else:
+        norm = "own mean/std"
+    return f"{pre['size']}{resize}\n{norm}"
+
+
+def _table(rows: list[dict]):
+    """The list, readable at 80 columns: short licence names (the whole statement is
+    in the detail view), and cells that fold rather than cut."""
+    from rich.table import Table
+
+    table = Table(show_lines=True, caption="* default. `rcdm encoders NAME`: full licences, checks, notes")
+    table.add_column("encoder (plugin)", overflow="fold", min_width=16)
+    table.add_column("layers", overflow="fold", no_wrap=True)
+    table.add_column("input", overflow="fold", no_wrap=True)
+    table.add_column("weights, licence", overflow="fold", min_width=12)
     for row in rows:
-        layers = "\n".join(f"{k}: {v['dim']}" + (" *" if k == row["default_layer"] else "") for k, v in row["layers"].items())
-        weights = "\n".join(
-            f"{w['name']}{' *' if w['default'] else ''} ({w['license']})" for w in row["weights"]
-        ) or "none"
-        table.add_row(
-            f"[bold]{row['name']}[/bold]\n{row['description']}",
-            layers or "per model",
-            row["preprocessing_description"] if not row["family"] else "per model",
-            weights,
-            row["plugin"],
+        layers = "\n".join(
+            f"{k} {v['dim']}" + ("*" if k == row["default_layer"] else "") for k, v in row["layers"].items()
         )
-    Console().print(table)  # the listing is the result: stdout
-    for name, problem in registry.failed.items():
-        log.warning("plugin %s failed to load: %s", name, problem)
+        weights = "\n".join(
+            f"{w['name']}{'*' if w['default'] else ''} {w['license_short']}" for w in row["weights"]
+        )
+        table.add_row(
+            f"[bold]{row['name']}[/bold] ({row['plugin']})\n{row['description']}",
+            layers or "per model",
+            _short_input(row) if not row["family"] else "per model",
+            weights or ("per model" if row["family"] else "none"),
+        )
+    return table
 
 
 def _details(row: dict, console) -> None:
     console.print(f"[bold]{row['name']}[/bold]: {row['description']}  (plugin: {row['plugin']})")
+    if row["family"]:
+        console.print(f"a family: `rcdm encoders {row['name']}` shows one model's layers, input, weights and licence")
+        return
     console.print(f"input: {row['preprocessing_description']}")
     for layer, info in row["layers"].items():
         default = " (default)" if layer == row["default_layer"] else ""
         console.print(f"  layer {layer}{default}: {info['dim']}-d, {info['description']}")
+    if not row["weights"]:
+        console.print("  weights: none published")
     for w in row["weights"]:
-        default = " (default)" if w["default"] else ""
-        console.print(f"  weights {row['name']}@{w['name']}{default}: {w['description']}")
-        console.print(f"    {w['url']}  licence: {w['license']}")
+        if row.get("member_of"):  # chosen by the family for this name; no NAME@WEIGHTS
+            console.print(f"  weights {w['name']}: {w['description']}")
+        else:
+            default = " (default)" if w["default"] else ""
+            console.print(f"  weights {row['name']}@{w['name']}{default}: {w['description']}")
+        console.print(f"    {w['url']}")
+        console.print(f"    licence: {w['license']}")
+        console.print(f"    check: {w['integrity']}")
+        if w["preprocessing_description"]:
+            console.print(f"    input for these weights: {w['preprocessing_description']}")
         if w["notes"]:
             console.print(f"    {w['notes']}")
 

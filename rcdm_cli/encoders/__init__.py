@@ -8,10 +8,15 @@ from rcdm_cli.encoders.encoder import Encoder
 from rcdm_cli.encoders.hooks import ENTRY_POINT_GROUP, hookimpl
 from rcdm_cli.encoders.nets import ResNetWithHeads, global_pool, mlp, resnet50_trunk, resnet_stages, uninitialized
 from rcdm_cli.encoders.registry import EncoderName, EncoderRegistry, create_encoder, get_registry, reset_registry
+from rcdm_cli.encoders.numpy_pickle import NumpyUnpickler, PickleRefused
 from rcdm_cli.encoders.spec import BuildRequest, EncoderSpec, WeightSource
 from rcdm_cli.encoders.weights import (
+    drop_common_prefix,
     encoder_cache_dir,
     fetch_weights,
+    find_state_dict,
+    is_safetensors,
+    is_state_dict,
     load_numpy_pickle,
     load_strict,
     load_torch_file,
@@ -35,16 +40,22 @@ __all__ = [
     "EncoderName",
     "EncoderRegistry",
     "EncoderSpec",
+    "NumpyUnpickler",
+    "PickleRefused",
     "Preprocessing",
     "RcdmError",
     "ResNetWithHeads",
     "WeightSource",
     "create_encoder",
+    "drop_common_prefix",
     "encoder_cache_dir",
     "fetch_weights",
+    "find_state_dict",
     "get_registry",
     "global_pool",
     "hookimpl",
+    "is_safetensors",
+    "is_state_dict",
     "load_numpy_pickle",
     "load_strict",
     "load_torch_file",

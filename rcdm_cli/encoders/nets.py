@@ -14,8 +14,14 @@ from torch import nn
 
 def resnet50_trunk() -> nn.Module:
     """ResNet-50 with torchvision's parameter names (``conv1``, ``bn1``,
-    ``layer1.0.conv1`` ... ``layer4.2.bn3``, ``downsample.0/1``) and no classifier."""
-    return timm.create_model("resnet50", pretrained=False, num_classes=0)
+    ``layer1.0.conv1`` ... ``layer4.2.bn3``, ``downsample.0/1``) and no classifier.
+
+    Initialised as torchvision's ``resnet50()`` is: Kaiming-normal convolutions
+    (fan-out), every batch norm at scale 1 and shift 0. timm's default would zero the
+    last batch norm of every residual branch (``zero_init_last``), which makes an
+    untrained network the identity on its shortcuts; loading weights replaces all of
+    it anyway, but the untrained baseline must be a live network."""
+    return timm.create_model("resnet50", pretrained=False, num_classes=0, zero_init_last=False)
 
 
 def resnet_stages(trunk: nn.Module, x: torch.Tensor, upto: str = "layer4") -> dict[str, torch.Tensor]:

@@ -2,8 +2,9 @@
 
 Plugins are modules advertised under the ``rcdm`` entry-point group; the built-in
 encoders come through exactly that path (see ``pyproject.toml``). A plugin that fails
-to import is reported, not fatal, so one broken third-party package cannot take the
-tool down. Two plugins registering the same name is an error naming both.
+to import, or whose hook raises, is reported (with its distribution) and left out, not
+fatal, so one broken third-party package cannot take the tool down. Two plugins
+registering the same name is an error naming both.
 
 Names: ``dino``, ``supervised@v2`` (a non-default published weight file), and for
 families ``timm:convnext_tiny.fb_in1k``.
@@ -23,7 +24,7 @@ import torch
 from rcdm_cli.checkpoint.download import Progress
 from rcdm_cli.encoders.encoder import Encoder
 from rcdm_cli.encoders.hooks import ENTRY_POINT_GROUP, PROJECT, EncoderHooks
-from rcdm_cli.encoders.spec import BuildRequest, EncoderSpec
+from rcdm_cli.encoders.spec import BuildRequest, EncoderSpec, WeightSource
 from rcdm_cli.encoders.weights import fetch_weights
 from rcdm_cli.errors import RcdmError, UsageError
 from rcdm_cli.preprocessing import RCDM, Preprocessing
@@ -56,11 +57,20 @@ class EncoderName:
         return out + (f"@{self.variant}" if self.variant else "")
 
 
+class DuplicateEncoderError(RcdmError):
+    """Two plugins registered one name: which one the user meant cannot be guessed."""
+
+
+Layers = dict[str, tuple[int, str]]
+
+
 class EncoderRegistry:
     def __init__(self, load_entry_points: bool = True):
         self.pm = pluggy.PluginManager(PROJECT)
         self.pm.add_hookspecs(EncoderHooks)
         self.origins: dict[int, str] = {}
+        self.labels: dict[int, str] = {}
+        # "entry point (distribution version)" -> what went wrong
         self.failed: dict[str, str] = {}
         self._specs: dict[str, Registered] | None = None
         if load_entry_points:
@@ -77,12 +87,16 @@ class EncoderRegistry:
                 continue
             if self.pm.is_registered(plugin):
                 continue
-            self.add_plugin(plugin, name=f"{origin}:{ep.name}", origin=origin)
+            self.add_plugin(plugin, name=f"{origin}:{ep.name}", origin=origin, label=f"{ep.name} ({origin})")
 
-    def add_plugin(self, plugin: Any, name: str | None = None, origin: str | None = None) -> None:
-        """Register a plugin object (a module or class with ``@hookimpl`` functions)."""
+    def add_plugin(self, plugin: Any, name: str | None = None, origin: str | None = None, label: str | None = None) -> None:
+        """Register a plugin object (a module or class with ``@hookimpl`` functions).
+        ``origin`` is what listings attribute its encoders to (its distribution);
+        ``label`` names it among the failed plugins."""
         self.pm.register(plugin, name=name)
-        self.origins[id(plugin)] = origin or name or getattr(plugin, "__name__", repr(plugin))
+        origin = origin or name or getattr(plugin, "__name__", repr(plugin))
+        self.origins[id(plugin)] = origin
+        self.labels[id(plugin)] = label or origin
         self._specs = None
 
     @property
@@ -90,27 +104,44 @@ class EncoderRegistry:
         if self._specs is None:
             specs: dict[str, Registered] = {}
             for impl in self.pm.hook.register_encoders.get_hookimpls():
-                origin = self.origins.get(id(impl.plugin), impl.plugin_name)
-
-                def register(spec: EncoderSpec, origin: str = origin) -> None:
-                    _validate(spec, origin)
-                    if spec.name in specs:
-                        raise RcdmError(
-                            f"encoder {spec.name!r} is registered twice: by {specs[spec.name].plugin} and by {origin}; "
-                            "uninstall one of them"
-                        )
-                    specs[spec.name] = Registered(spec, origin)
-
-                impl.function(register=register)
+                self._collect(impl, specs)
             self._specs = dict(sorted(specs.items()))
         return self._specs
+
+    def _collect(self, impl: Any, specs: dict[str, Registered]) -> None:
+        """Run one plugin's hook into ``specs``. If it raises, none of its encoders is
+        kept (half a plugin is worse than none) and it is recorded as failed; a name
+        clash with another plugin stays an error."""
+        origin = self.origins.get(id(impl.plugin), impl.plugin_name)
+        mine: list[str] = []
+
+        def register(spec: EncoderSpec) -> None:
+            _validate(spec, origin)
+            if spec.name in specs:
+                raise DuplicateEncoderError(
+                    f"encoder {spec.name!r} is registered twice: by {specs[spec.name].plugin} and by {origin}; "
+                    "uninstall one of them"
+                )
+            specs[spec.name] = Registered(spec, origin)
+            mine.append(spec.name)
+
+        try:
+            impl.function(register=register)
+        except DuplicateEncoderError:
+            raise
+        except Exception as exc:  # a broken plugin is reported, not fatal
+            for name in mine:
+                del specs[name]
+            label = self.labels.get(id(impl.plugin), origin)
+            self.failed[label] = f"register_encoders raised {type(exc).__name__}: {exc}"
 
     def get(self, name: str | EncoderName) -> tuple[Registered, EncoderName]:
         parsed = name if isinstance(name, EncoderName) else EncoderName.parse(name)
         entry = self.specs.get(parsed.base)
         if entry is None:
+            broken = f"; {len(self.failed)} plugin(s) failed to load: {', '.join(self.failed)}" if self.failed else ""
             raise UsageError(
-                f"unknown encoder {parsed.base!r}; available: {', '.join(self.names())} (see `rcdm encoders`)"
+                f"unknown encoder {parsed.base!r}; available: {', '.join(self.names())}{broken} (see `rcdm encoders`)"
             )
         spec = entry.spec
         if spec.family and not parsed.argument:
@@ -125,46 +156,49 @@ class EncoderRegistry:
     def names(self) -> list[str]:
         return [n + (":MODEL" if r.spec.family else "") for n, r in self.specs.items()]
 
-    def layers(self, name: str | EncoderName) -> tuple[dict[str, tuple[int, str]], Preprocessing]:
+    def describe(self, name: str | EncoderName) -> tuple[Layers, Preprocessing, tuple[WeightSource, ...]]:
+        """An encoder's layers (name -> (dim, description)), native preprocessing and
+        weight sources, without building it. For a family member, what the family's
+        ``describe`` says of it (which refuses an unknown member)."""
+        entry, parsed = self.get(name)
+        spec = entry.spec
+        if not spec.family:
+            return dict(spec.layers), spec.preprocessing, tuple(spec.weights)
+        described = tuple(spec.describe(parsed.argument))
+        layers, native = described[0], described[1]
+        weights = tuple(described[2]) if len(described) > 2 else ()
+        return dict(layers), native, weights
+
+    def layers(self, name: str | EncoderName) -> tuple[Layers, Preprocessing]:
         """An encoder's layers (name -> (dim, description)) and native preprocessing,
         without building it."""
-        entry, parsed = self.get(name)
-        if entry.spec.family:
-            layers, native = entry.spec.describe(parsed.argument)
-            return dict(layers), native
-        return dict(entry.spec.layers), entry.spec.preprocessing
+        layers, native, _ = self.describe(name)
+        return layers, native
 
     def catalog(self) -> list[dict[str, Any]]:
-        """Everything ``rcdm encoders`` shows, one dict per encoder."""
+        """Everything ``rcdm encoders`` shows, one dict per encoder (a family as one
+        row, ``NAME:MODEL``)."""
         rows = []
         for name, entry in self.specs.items():
             spec = entry.spec
             rows.append(
-                {
-                    "name": name + (":MODEL" if spec.family else ""),
-                    "description": spec.description,
-                    "layers": {k: {"dim": d, "description": text} for k, (d, text) in spec.layers.items()},
-                    "default_layer": spec.default_layer,
-                    "input_size": spec.preprocessing.size,
-                    "preprocessing": spec.preprocessing.to_dict(),
-                    "preprocessing_description": spec.preprocessing.describe(),
-                    "weights": [
-                        {
-                            "name": w.name,
-                            "default": i == 0,
-                            "url": w.url,
-                            "license": w.license,
-                            "description": w.description,
-                            "notes": w.notes,
-                            "preprocessing": w.preprocessing.to_dict() if w.preprocessing else None,
-                        }
-                        for i, w in enumerate(spec.weights)
-                    ],
-                    "family": spec.family,
-                    "plugin": entry.plugin,
-                }
+                _row(
+                    name + (":MODEL" if spec.family else ""), spec, entry.plugin, dict(spec.layers),
+                    spec.preprocessing, tuple(spec.weights),
+                )
             )
         return rows
+
+    def member(self, name: str | EncoderName) -> dict[str, Any]:
+        """The catalog row of one family member (``timm:convnext_tiny.fb_in1k``): its
+        own layers, input, weights and licence."""
+        entry, parsed = self.get(name)
+        if not entry.spec.family:
+            raise UsageError(f"encoder {entry.spec.name!r} takes no ':' argument")
+        layers, native, weights = self.describe(parsed)
+        row = _row(str(EncoderName(parsed.base, None, parsed.argument)), entry.spec, entry.plugin, layers, native, weights)
+        row["family"], row["member_of"] = False, entry.spec.name
+        return row
 
     def create(
         self,
@@ -204,6 +238,53 @@ class EncoderRegistry:
             plugin=entry.plugin,
         )
         return encoder.to(device)
+
+
+def _source_row(source: WeightSource, default: bool) -> dict[str, Any]:
+    pre = source.preprocessing
+    return {
+        "name": source.name,
+        "default": default,
+        "url": source.url,
+        "license": source.license,
+        "license_short": short_license(source.license),
+        "description": source.description,
+        "notes": source.notes,
+        "integrity": source.integrity,
+        "sha256": source.sha256 or source.sha256_prefix,
+        "preprocessing": pre.to_dict() if pre else None,
+        "preprocessing_description": pre.describe() if pre else None,
+    }
+
+
+def _row(
+    name: str, spec: EncoderSpec, plugin: str, layers: Layers, native: Preprocessing, weights: tuple[WeightSource, ...]
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "description": spec.description,
+        "layers": {k: {"dim": d, "description": text} for k, (d, text) in layers.items()},
+        "default_layer": spec.default_layer,
+        "input_size": native.size,
+        "preprocessing": native.to_dict(),
+        "preprocessing_description": native.describe(),
+        "weights": [_source_row(w, i == 0) for i, w in enumerate(weights)],
+        "family": spec.family,
+        "plugin": plugin,
+    }
+
+
+def short_license(text: str) -> str:
+    """A licence statement's identifiers alone (``"CC-BY-NC-4.0 (SwAV)"`` ->
+    ``"CC-BY-NC-4.0"``; ``"MIT (a); Apache-2.0 (b)"`` -> ``"MIT/Apache-2.0"``), for
+    listings too narrow for the whole statement; a statement with no identifier
+    stays whole."""
+    parts = []
+    for part in text.split(";"):
+        head = part.split("(")[0].strip()
+        if head and " " not in head and head not in parts:
+            parts.append(head)
+    return "/".join(parts) or text
 
 
 def resolve_preprocessing(choice: str | Preprocessing | dict, native: Preprocessing) -> Preprocessing:

@@ -16,8 +16,11 @@ class WeightSource:
     """One published weight file: where it is, under what licence, what it holds.
 
     ``sha256`` (or torch hub's ``sha256_prefix``, the hex digits some file names carry)
-    is checked after download. ``preprocessing`` overrides the encoder's native one
-    when these weights were evaluated differently.
+    is checked after download and once on a copy found in the cache; without either,
+    only the download's completeness can be checked (:attr:`integrity` says which).
+    ``checked_by`` replaces that statement for weights that something other than rcdm
+    downloads (timm's, through the Hugging Face hub). ``preprocessing`` overrides the
+    encoder's native one when these weights were evaluated differently.
     """
 
     name: str
@@ -29,12 +32,29 @@ class WeightSource:
     sha256_prefix: str | None = None
     notes: str = ""
     preprocessing: Preprocessing | None = None
+    checked_by: str = ""
 
     @property
     def file_name(self) -> str | None:
         if self.filename:
             return self.filename
         return self.url.rsplit("/", 1)[-1] if self.url else None
+
+    @property
+    def integrity(self) -> str:
+        """Which check a downloaded copy of these weights gets, in one line."""
+        if self.checked_by:
+            return self.checked_by
+        if self.sha256:
+            return f"SHA-256 {self.sha256} checked after download and once on a cached copy"
+        if self.sha256_prefix:
+            return (
+                f"SHA-256 prefix {self.sha256_prefix} (torch hub's file-name convention) checked after download "
+                "and once on a cached copy"
+            )
+        if self.url:
+            return "no published hash: only completeness (the server's Content-Length) is checked on download"
+        return "no download: a local file given with --weights, loaded strictly"
 
 
 @dataclass(frozen=True)
@@ -60,7 +80,9 @@ class EncoderSpec:
     ``weights`` lists the published weight files; the first is the default, others are
     chosen with ``NAME@WEIGHTS``. A *family* (``family=True``) is used as
     ``NAME:ARGUMENT`` (``timm:convnext_tiny``); its ``describe(argument)`` returns the
-    layers and native preprocessing of one member.
+    layers and native preprocessing of one member, and optionally, as a third item,
+    the member's weight sources (shown by ``rcdm encoders NAME:ARGUMENT``). It raises
+    ``UsageError`` for an argument that names no member.
     """
 
     name: str
@@ -71,7 +93,7 @@ class EncoderSpec:
     preprocessing: Preprocessing = IMAGENET
     default_layer: str = "backbone"
     family: bool = False
-    describe: Callable[[str], tuple[Mapping[str, tuple[int, str]], Preprocessing]] | None = None
+    describe: Callable[[str], tuple] | None = None
 
     def weight_source(self, variant: str | None) -> WeightSource | None:
         if not self.weights:
