@@ -66,6 +66,45 @@ class RunDir:
     def is_run_dir(path: str | Path) -> bool:
         return (Path(path) / "config.json").is_file() and (Path(path) / "checkpoints").is_dir()
 
+    def holds_run_config(self) -> bool:
+        """Whether config.json is a training run's (and not some other program's)."""
+        try:
+            data = json.loads(self.config_path.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(data, dict) and isinstance(data.get("config"), dict) and "rcdm_version" in data
+
+    def check_fresh(self, overwrite: bool) -> None:
+        """Refuse, before any work, to start a new run where its files would mix with
+        others: a folder holding a run with checkpoints (that is resumed, not restarted),
+        or any other non-empty folder. A run folder stopped before its first save may be
+        started again; ``overwrite`` allows the rest (see ``reset``)."""
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise UsageError(f"{root} is a file; give --out a folder")
+        if not root.is_dir() or not any(root.iterdir()) or overwrite:
+            return
+        if self.complete_checkpoints():
+            raise UsageError(
+                f"{root} already holds a training run; continue it with --resume {root}, or pass --overwrite to start it afresh"
+            )
+        if not self.holds_run_config():
+            raise UsageError(f"{root} is not empty and holds no training run; choose a new or empty --out, or pass --overwrite")
+
+    def reset(self) -> None:
+        """Remove what an earlier run wrote here (checkpoints, metrics, previews), so
+        that a fresh run's curve and checkpoints are its own. Only names of the run
+        layout are touched; other files in the folder stay."""
+        if self.checkpoints.is_dir():
+            for d in self.checkpoints.iterdir():
+                if _STEP_DIR.match(d.name) or d.name.startswith(".tmp-"):
+                    shutil.rmtree(d, ignore_errors=True)
+            (self.checkpoints / "latest").unlink(missing_ok=True)
+        self.metrics_path.unlink(missing_ok=True)
+        if self.previews.is_dir():
+            for f in self.previews.glob("step-*.png"):
+                f.unlink(missing_ok=True)
+
     def read_config(self) -> dict[str, Any]:
         try:
             return json.loads(self.config_path.read_text())

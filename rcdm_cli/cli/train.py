@@ -2,22 +2,39 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
 from rcdm_cli.cli.completion import complete_encoder, complete_layer, complete_preset
-from rcdm_cli.cli.console import StepProgress, log, print_json, settings
+from rcdm_cli.cli.console import StepProgress, log, print_json, settings, setup_logging
 from rcdm_cli.errors import UsageError
+
+# Options that decide what the run computes: --resume refuses a value that differs
+# from the run's. Every other option (the length of the run, how often it saves, logs
+# and previews, data loading, memory and speed settings) may change on resume.
+RESULT_OPTIONS = {
+    "encoder": "--encoder", "layer": "--layer", "weights": "--weights", "preprocessing": "--preprocessing",
+    "preset": "--preset", "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
+    "ema": "--ema", "seed": "--seed", "precision": "--precision", "schedule_sampler": "--schedule-sampler",
+    "random_crop": "--random-crop", "random_flip": "--random-flip",
+}
+OVERRIDABLE = (
+    "steps", "save_every", "log_every", "sample_every", "workers", "keep", "microbatch",
+    "activation_checkpointing", "compile", "channels_last", "cache_features",
+)
 
 
 class _CLIReporter:
     """A progress bar (step, loss, img/s, ETA) on a terminal; a line per --log-every
     step in batch logs; errors only with --quiet."""
 
-    def __init__(self, bar: StepProgress):
+    def __init__(self, bar: StepProgress, interval: float = 15.0):
         self.bar = bar
+        self.interval = interval
+        self._last_progress = 0.0
 
     def event(self, message: str) -> None:
         log.info("%s", message)
@@ -27,28 +44,96 @@ class _CLIReporter:
             self.bar.update(step, f"step {step}/{total} loss {loss:.4f} {images_per_second:.1f} img/s")
 
     def log(self, record: dict) -> None:
+        failed = record["unreadable_in_training"]
         log.info(
-            "step %d: loss %.4f (mse %.4f, vb %.4f), grad norm %.3g, %.1f img/s, %d skipped image(s)",
-            record["step"], record["loss"], record["mse"], record["vb"], record["grad_norm"],
-            record["img_per_s"], record["skipped_images"],
+            "step %d: loss %.4f (mse %.4f, vb %.4f), grad norm %.3g, %.1f img/s%s",
+            record["step"], record["loss"], record["mse"], record["vb"], record["grad_norm"], record["img_per_s"],
+            f", {failed} image(s) failed to decode and were replaced" if failed else "",
         )
+
+    def progress(self, task: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last_progress >= self.interval or done >= total:
+            self._last_progress = now
+            log.info("%s: %d/%d", task, done, total)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the option was on the command line (or in its environment variable),
+    rather than left at its default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _same_path(a: str | Path | None, b: str | Path | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _resumed_config(ctx: typer.Context, resume: Path, data: Optional[Path], out: Optional[Path], values: dict[str, Any]):
+    """The saved run's configuration, with the options that may change applied. Any
+    option that would change what the run computes and differs from the run's is
+    refused, all of them named in one line."""
+    from rcdm_cli.checkpoint.rundir import RunDir
+    from rcdm_cli.encoders import get_registry
+    from rcdm_cli.training.config import TrainConfig
+
+    saved = TrainConfig.from_dict(RunDir(resume).read_config()["config"])
+    if data is not None and not _same_path(data, saved.data):
+        raise UsageError(f"--resume continues the run on {saved.data}; leave DATA out")
+    if out is not None and not _same_path(out, resume):
+        raise UsageError("--resume RUN_DIR continues the run in RUN_DIR; leave --out out")
+    conflicts = []
+    for name, flag in RESULT_OPTIONS.items():
+        if not _given(ctx, name):
+            continue
+        given, theirs = values[name], getattr(saved, name)
+        if name == "weights":
+            same = _same_path(given, theirs)
+        elif name == "layer" and theirs is None:
+            same = given == get_registry().get(saved.encoder)[0].spec.default_layer
+        else:
+            same = given == theirs
+        if not same:
+            conflicts.append(f"{flag} {_show(given)} (the run's: {_show(theirs)})")
+    if conflicts:
+        raise UsageError(
+            f"--resume continues {resume} with its own settings, and these options differ: {', '.join(conflicts)}; "
+            "drop them, or start a new run in another --out"
+        )
+    for name in OVERRIDABLE:
+        if _given(ctx, "compile_" if name == "compile" else name):
+            setattr(saved, name, values[name])
+    saved.out = str(resume)
+    return saved
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def train(
-    data: Optional[Path] = typer.Argument(None, help="A folder of images (searched recursively)."),
+    ctx: typer.Context,
+    data: Optional[Path] = typer.Argument(None, help="A folder of images (searched recursively, following linked folders)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder where it stopped."),
     encoder: Optional[str] = typer.Option(None, "--encoder", "-e", help="Encoder whose representation conditions the model.", autocompletion=complete_encoder),
     layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Encoder layer (default: the encoder's default).", autocompletion=complete_layer),
     weights: Optional[Path] = typer.Option(None, "--weights", help="A local file of the encoder's weights."),
     preprocessing: str = typer.Option("rcdm", "--preprocessing", help="Encoder input scaling: rcdm ([-1, 1], as the released models) or native."),
     preset: str = typer.Option("rcdm-128", "--preset", help="Architecture: rcdm-128, rcdm-64, rcdm-256 or tiny.", autocompletion=complete_preset),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The run folder."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The run folder: new, empty, or a run stopped before its first save."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in a non-empty --out, replacing a run's checkpoints, metrics and previews there."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Images per step per process (global batch = this x processes)."),
     microbatch: int = typer.Option(0, "--microbatch", help="Split each batch into microbatches of this size (gradient accumulation)."),
     lr: float = typer.Option(1e-4, "--lr", help="AdamW learning rate."),
     weight_decay: float = typer.Option(0.0, "--weight-decay", help="AdamW weight decay."),
     ema: List[float] = typer.Option([0.9999], "--ema", help="EMA rate; repeat for several."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Train until this many steps (default 500000; with --resume, extends the run)."),
+    steps: int = typer.Option(500_000, "--steps", help="Train until this many steps (with --resume, extends the run)."),
     save_every: int = typer.Option(10_000, "--save-every", help="Checkpoint every N steps."),
     log_every: int = typer.Option(100, "--log-every", help="Log metrics every N steps."),
     sample_every: int = typer.Option(10_000, "--sample-every", help="Write a preview grid every N steps."),
@@ -68,44 +153,56 @@ def train(
     """Train an RCDM conditioned on an encoder's representation of your images.
 
     Runs as one process, or under torchrun (one process per GPU, or gloo on CPUs) with
-    the same command. SIGTERM or SIGUSR1 save a checkpoint and exit 0.
+    the same command. SIGTERM or SIGUSR1 save a checkpoint and exit 0. With --resume,
+    options that would change what the run computes are refused.
     """
-    from rcdm_cli.checkpoint.rundir import RunDir
     from rcdm_cli.devices import resolve_device
     from rcdm_cli.training.config import TrainConfig
+    from rcdm_cli.training.distributed import from_environment
     from rcdm_cli.training.loop import Trainer
 
+    if not from_environment().is_main:  # under torchrun only rank 0 talks; errors still show
+        settings.quiet = True
+        setup_logging(settings.debug, True)
+    values = dict(
+        encoder=encoder, layer=layer, weights=str(weights) if weights else None, preprocessing=preprocessing,
+        preset=preset, batch_size=batch_size, microbatch=microbatch, lr=lr, weight_decay=weight_decay, ema=list(ema),
+        steps=steps, save_every=save_every, log_every=log_every, sample_every=sample_every, seed=seed, workers=workers,
+        precision=precision, schedule_sampler=schedule_sampler, random_crop=random_crop, random_flip=random_flip,
+        cache_features=cache_features, keep=keep, activation_checkpointing=activation_checkpointing,
+        compile=compile_, channels_last=channels_last,
+    )
     if resume is not None:
-        run_dir = RunDir(resume)
-        saved = TrainConfig.from_dict(run_dir.read_config()["config"])
-        if data is not None and Path(data) != Path(saved.data):
-            raise UsageError(f"--resume continues the run on {saved.data}; leave DATA out")
-        # only the length of the run may change on resume; everything else is the run's
-        saved.steps = steps if steps is not None else saved.steps
-        saved.out = str(resume)
-        config, resuming = saved, True
+        if overwrite:
+            raise UsageError("--overwrite starts a new run; it cannot be combined with --resume")
+        config = _resumed_config(ctx, resume, data, out, values)
     else:
         if data is None or encoder is None or out is None:
             raise UsageError("give DATA, --encoder and --out (or --resume RUN_DIR)")
-        config = TrainConfig(
-            data=str(data), out=str(out), encoder=encoder, layer=layer, weights=str(weights) if weights else None,
-            preprocessing=preprocessing, preset=preset, batch_size=batch_size, microbatch=microbatch, lr=lr,
-            weight_decay=weight_decay, ema=list(ema), steps=500_000 if steps is None else steps, save_every=save_every, log_every=log_every,
-            sample_every=sample_every, seed=seed, workers=workers, precision=precision,
-            schedule_sampler=schedule_sampler, random_crop=random_crop, random_flip=random_flip,
-            cache_features=cache_features, keep=keep, activation_checkpointing=activation_checkpointing,
-            compile=compile_, channels_last=channels_last,
-        )
-        resuming = False
-    trainer = Trainer(config, resolve_device(settings.device), resume=resuming)
-    with StepProgress("training", config.steps) as bar:
+        config = TrainConfig(data=str(data), out=str(out), **values)
+    trainer = Trainer(config, resolve_device(settings.device), resume=resume is not None, overwrite=overwrite)
+    with StepProgress("training", trainer.config.steps) as bar:
         trainer.reporter = _CLIReporter(bar)
         summary = trainer.run()
     if trainer.world.is_main:
-        log.info(
-            "%s at step %d in %.0f s; %d unreadable image(s) skipped; latest checkpoint: %s",
-            "stopped" if summary.stopped_by_signal else "finished",
-            summary.step, summary.seconds, summary.skipped_images + summary.unreadable_at_scan, summary.last_checkpoint,
-        )
+        _report(summary)
         if json_out:
             print_json(summary.__dict__)
+
+
+def _report(summary) -> None:
+    unreadable = (
+        f"; unreadable images: {summary.unreadable_at_scan} left out at the scan, "
+        f"{summary.unreadable_in_training} replaced in training"
+    )
+    if summary.stopped_before_training:
+        log.info(
+            "stopped before training started, at step %d; nothing new to save; latest checkpoint: %s",
+            summary.step, summary.last_checkpoint,
+        )
+        return
+    log.info(
+        "%s at step %d in %.0f s%s; latest checkpoint: %s",
+        "stopped" if summary.stopped_by_signal else "finished", summary.step, summary.seconds, unreadable,
+        summary.last_checkpoint,
+    )

@@ -2,16 +2,21 @@
 
 The diffusion target is the crop at the model's size in [-1, 1]; the encoder's view is
 the same crop (same region, same flip) at the encoder's input size in [0, 1], which
-the encoder normalises itself. Without --random-crop the region is the image's
-central square, which is guided-diffusion's centre crop, so the recorded
-preprocessing (``resize="adm"``) reproduces the encoder's view at sampling time.
+the encoder normalises itself. Without --random-crop both views are made by the very
+functions sampling uses (``preprocessing.diffusion_target`` and ``Preprocessing.crop``
+with guided-diffusion's ``resize="adm"``), so a training image's representation is
+exactly the one ``rcdm sample`` computes from the same file.
 
 Every random choice (crop, flip) is a function of (seed, epoch, image index), so a
-run is reproducible whatever the number of workers or processes.
+run is reproducible whatever the number of workers or processes. An image that fails
+to decode during training is replaced by the next one in sorted order that decodes
+(a fixed rule, so every process count still sees the same batches); every process
+therefore always has a full batch.
 """
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -23,9 +28,38 @@ from PIL import Image
 from rcdm_cli.errors import UsageError
 from rcdm_cli.inputs import list_images
 from rcdm_cli.pipeline.sampling import stream_seed
+from rcdm_cli.preprocessing import Preprocessing, diffusion_target
 
 # Tags that keep the run's random streams apart.
 AUGMENT, PERMUTE = 1, 2
+# How many files after an undecodable one are tried as its replacement.
+REPLACEMENT_TRIES = 32
+# What a scheduler or a terminal sends; data-loading processes leave them to the
+# main process, which saves and stops (see loop.py).
+STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None), signal.SIGINT) if s is not None)
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """``worker_init_fn`` of every DataLoader of a run. A scheduler signals the whole
+    process group; a worker that died of it would make the main process fail ("worker
+    killed by signal") instead of saving. Workers still end with their parent."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # the main process blocked them while forking
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def start_loader(loader: torch.utils.data.DataLoader):
+    """``iter(loader)``, with the stop signals blocked while its workers are forked, so
+    that none reaches a worker before ``ignore_stop_signals`` has run there; a signal
+    sent meanwhile waits, and then reaches the main process."""
+    if not loader.num_workers or not hasattr(signal, "pthread_sigmask"):
+        return iter(loader)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def scan_images(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -61,46 +95,47 @@ class Views:
         flipping keeps it deterministic per orientation."""
         return not self.random_crop
 
+    @property
+    def encoder_geometry(self) -> Preprocessing:
+        """The encoder view's geometry: guided-diffusion's centre crop at the encoder's
+        size, as recorded in the checkpoint (normalisation is the encoder's business)."""
+        return Preprocessing("view", size=self.encoder_size, resize="adm", resize_to=None, interpolation="bicubic")
 
-def _square_region(w: int, h: int, rng: np.random.Generator | None, min_crop: float) -> tuple[int, int, int, int]:
-    side = min(w, h)
-    if rng is not None:
-        side = int(round(side * rng.uniform(min_crop, 1.0)))
-        left = int(rng.integers(0, w - side + 1))
-        top = int(rng.integers(0, h - side + 1))
-    else:
-        left, top = (w - side) // 2, (h - side) // 2
+
+def _random_square(w: int, h: int, rng: np.random.Generator, min_crop: float) -> tuple[int, int, int, int]:
+    side = int(round(min(w, h) * rng.uniform(min_crop, 1.0)))
+    left = int(rng.integers(0, w - side + 1))
+    top = int(rng.integers(0, h - side + 1))
     return left, top, left + side, top + side
 
 
-def _resize_square(image: Image.Image, size: int) -> Image.Image:
-    """Guided-diffusion's downscaling: halve with a box filter while at least twice
-    the target, then bicubic."""
-    while min(image.size) >= 2 * size:
-        image = image.resize((image.width // 2, image.height // 2), resample=Image.BOX)
-    return image.resize((size, size), resample=Image.BICUBIC)
-
-
 def make_views(image: Image.Image, views: Views, rng: np.random.Generator | None, flip: bool):
-    """(target in [-1, 1] at target_size, encoder view in [0, 1] at encoder_size)."""
+    """(target in [-1, 1] at target_size, encoder view in [0, 1] at encoder_size).
+
+    The centre crop (no ``rng`` or no --random-crop) is exactly sampling's; a random
+    crop is a square region, which the same functions then only resize. A flip mirrors
+    the finished views."""
     image = image.convert("RGB")
-    region = image.crop(_square_region(image.width, image.height, rng if views.random_crop else None, views.min_crop))
+    if views.random_crop and rng is not None:
+        image = image.crop(_random_square(image.width, image.height, rng, views.min_crop))
+    target = diffusion_target(image, views.target_size)
+    enc = views.encoder_geometry.to_tensor(image)[0]
     if flip:
-        region = region.transpose(Image.FLIP_LEFT_RIGHT)
-    target = np.asarray(_resize_square(region, views.target_size), dtype=np.float32) / 127.5 - 1.0
-    enc = np.asarray(_resize_square(region, views.encoder_size), dtype=np.float32) / 255.0
-    return torch.from_numpy(target).permute(2, 0, 1), torch.from_numpy(enc).permute(2, 0, 1)
+        target, enc = target.flip(-1), enc.flip(-1)
+    return target, enc
 
 
 class TrainingImages(torch.utils.data.Dataset):
-    """Items are (image index, epoch) pairs; returns the two views, or None for an
-    image that cannot be decoded (skipped and counted by the collate function)."""
+    """Items are (image index, epoch) pairs. An item is (target, conditioning, the
+    indices of files that failed to decode on the way); an undecodable image is
+    replaced by the next decodable one, and the item is (None, None, failures) only
+    when REPLACEMENT_TRIES files in a row fail."""
 
     def __init__(self, paths: list[Path], views: Views, seed: int, features: torch.Tensor | None = None):
         self.paths = paths
         self.views = views
         self.seed = seed
-        self.features = features  # (N, 2 orientations, dim) when cached
+        self.features = features  # (N, 2 orientations, dim) when cached; NaN rows for failures
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -110,8 +145,9 @@ class TrainingImages(torch.utils.data.Dataset):
         flip = bool(self.views.random_flip and rng.random() < 0.5)
         return flip, rng
 
-    def __getitem__(self, item: tuple[int, int]):
-        index, epoch = item
+    def load(self, index: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The two views of one image (the conditioning is its cached features when
+        there is a cache), or None if it cannot be decoded."""
         flip, rng = self.flip_and_rng(index, epoch)
         try:
             with Image.open(self.paths[index]) as im:
@@ -119,18 +155,32 @@ class TrainingImages(torch.utils.data.Dataset):
                 target, enc = make_views(im, self.views, rng, flip)
         except Exception:
             return None
-        rep = self.features[index, int(flip)] if self.features is not None else enc
-        return target, rep, index
+        if self.features is None:
+            return target, enc
+        rep = self.features[index, int(flip)]
+        return (target, rep) if bool(torch.isfinite(rep).all()) else None
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, epoch = item
+        failed = []
+        for k in range(min(REPLACEMENT_TRIES, len(self.paths))):
+            candidate = (index + k) % len(self.paths)
+            views = self.load(candidate, epoch)
+            if views is not None:
+                return views[0], views[1], failed
+            failed.append(candidate)
+        return None, None, failed
 
 
 def collate(batch):
-    """Stack the readable items; report how many were skipped."""
-    items = [b for b in batch if b is not None]
-    skipped = len(batch) - len(items)
-    if not items:
-        return None, None, None, skipped
-    targets, reps, indices = zip(*items)
-    return torch.stack(targets), torch.stack(reps), torch.tensor(indices), skipped
+    """(targets, conditioning, indices of files that failed to decode, number of
+    positions left empty); the tensors are None when any position is empty, because
+    a step is taken only on a full batch."""
+    failed = sorted({i for _, _, f in batch for i in f})
+    empty = sum(1 for t, _, _ in batch if t is None)
+    if empty:
+        return None, None, failed, empty
+    return torch.stack([t for t, _, _ in batch]), torch.stack([r for _, r, _ in batch]), failed, 0
 
 
 class StepBatches(torch.utils.data.Sampler):

@@ -1,18 +1,30 @@
 """The training loop.
 
-Reproducibility: every random draw is a function of the seed and of *where* it is used
-(the step, the sample's position in the global batch, the image and epoch for
-augmentation), never of the process count or of the data-loader workers. A run under
-torchrun with W processes of batch b therefore takes the same steps as one process of
-batch W*b, and a resumed run continues exactly where the saved one stopped: the RNG
-state is implied by the step, which the checkpoint stores with the optimizer, the EMA
-weights, the loss-aware sampler's history and the data position.
+Reproducibility: every random draw except dropout is a function of the seed and of
+*where* it is used (the step, the sample's position in the global batch, the image and
+epoch for augmentation), never of the process count or of the data-loader workers. A
+run under torchrun with W processes of batch b therefore takes the same steps as one
+process of batch W*b, and so does a run split into microbatches, for presets without
+dropout (``tiny``, ``rcdm-128``, ``rcdm-256``). Dropout masks (``rcdm-64`` has dropout
+0.1) are drawn per process and step over each process's (micro)batch, so there the
+runs differ, though each is still reproducible with the same layout. A resumed run
+continues exactly where the saved one stopped: the RNG state is implied by the step,
+which the checkpoint stores with the optimizer, the EMA weights, the loss-aware
+sampler's history and the data position.
+
+Stop signals (SIGTERM, SIGUSR1) are caught from the start of ``run``: during setup
+(loading the encoder, computing the feature cache) the run stops without saving, as
+there is nothing new to save; during training it saves and stops. Under torchrun every
+decision to stop, skip or fail is taken jointly, so the processes never disagree about
+which collective comes next.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -27,13 +39,13 @@ from rcdm_cli import __version__
 from rcdm_cli.checkpoint.hashing import file_sha256
 from rcdm_cli.checkpoint.metadata import CheckpointMeta, EncoderInfo
 from rcdm_cli.checkpoint.rundir import RunDir
-from rcdm_cli.checkpoint.store import load_checkpoint
+from rcdm_cli.checkpoint.store import load_checkpoint, read_meta
 from rcdm_cli.diffusion.config import get_preset
 from rcdm_cli.diffusion.gaussian import GaussianDiffusion
 from rcdm_cli.diffusion.timestep_samplers import create_timestep_sampler
 from rcdm_cli.diffusion.unet import UNet, count_parameters
 from rcdm_cli.encoders import Encoder, get_registry
-from rcdm_cli.encoders.registry import resolve_preprocessing
+from rcdm_cli.encoders.registry import EncoderName
 from rcdm_cli.errors import RcdmError, UsageError
 from rcdm_cli.fileio import write_json
 from rcdm_cli.imaging import make_grid, save_png, to_pil
@@ -42,18 +54,25 @@ from rcdm_cli.pipeline.sampling import SamplingOptions, sample_representations, 
 from rcdm_cli.preprocessing import RCDM, Preprocessing
 from rcdm_cli.training import distributed as dist_util
 from rcdm_cli.training.config import TrainConfig
-from rcdm_cli.training.data import StepBatches, TrainingImages, Views, collate, make_views, scan_images
+from rcdm_cli.training.data import (
+    REPLACEMENT_TRIES, StepBatches, TrainingImages, Views, collate, ignore_stop_signals, make_views, scan_images,
+    start_loader,
+)
 from rcdm_cli.training.ema import EMA
-from rcdm_cli.training.features import load_or_compute
+from rcdm_cli.training.features import Stopped, load_or_compute
 
 log = logging.getLogger("rcdm.train")
 
 NOISE = 3  # stream tag for timesteps and noise (data.py uses 1 and 2)
 DROPOUT = 4
+# Steps in a row that may find a batch position with no decodable image (after
+# REPLACEMENT_TRIES replacements each) before the data is declared unusable.
+MAX_EMPTY_BATCHES = 10
 
 
 class Reporter:
-    """What the loop tells its caller; the CLI renders it. All methods are optional."""
+    """What the loop tells its caller; the CLI renders it. All methods are optional.
+    Under torchrun only rank 0 reports."""
 
     def event(self, message: str) -> None: ...
 
@@ -61,14 +80,18 @@ class Reporter:
 
     def log(self, record: dict[str, Any]) -> None: ...
 
+    def progress(self, task: str, done: int, total: int) -> None:
+        """Work before training (encoding images for the feature cache): done of total."""
+
 
 @dataclass
 class TrainSummary:
     run_dir: str
     step: int
     stopped_by_signal: bool
-    skipped_images: int
-    unreadable_at_scan: int
+    stopped_before_training: bool
+    unreadable_at_scan: int  # files whose header could not be read: left out of the run
+    unreadable_in_training: int  # distinct files that failed to decode later: replaced
     last_checkpoint: str | None
     seconds: float
 
@@ -86,17 +109,18 @@ def encoder_preprocessing(choice: str, native: Preprocessing) -> Preprocessing:
 
 
 class _StopSignals:
-    """SIGTERM and SIGUSR1 (what batch schedulers send before preemption) ask the loop
-    to save and exit; the handlers are restored afterwards."""
+    """SIGTERM and SIGUSR1 (what batch schedulers send before preemption) ask the run
+    to stop (and to save, once training has started); the handlers are restored
+    afterwards. A fresh instance that was never entered catches nothing."""
+
+    SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if s is not None)
 
     def __init__(self):
         self.requested: str | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
-            if sig is None:
-                continue
+        for sig in self.SIGNALS:
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: signals cannot be handled here
@@ -109,16 +133,44 @@ class _StopSignals:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def _resolved(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else path
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, device: torch.device, *, resume: bool = False, reporter: Reporter | None = None):
+    """One training run. Everything that can fail on user input (the options, the data
+    folder, the encoder, the run folder, the checkpoint to resume) fails in the
+    constructor, before any slow work.
+
+    On resume the run's global batch is kept: the per-process batch is the saved global
+    batch divided by the current number of processes, which must divide it."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        device: torch.device,
+        *,
+        resume: bool = False,
+        reporter: Reporter | None = None,
+        overwrite: bool = False,
+    ):
         config.validate()
-        self.config = config
-        self.resume = resume
-        self.reporter = reporter or Reporter()
         self.world = dist_util.from_environment()
-        self.device = dist_util.setup(self.world, device)
+        self.reporter = reporter
+        # stored resolved, so that `--resume RUN` works from any working directory
+        self.config = config = dataclasses.replace(
+            config, data=_resolved(config.data), out=_resolved(config.out), weights=_resolved(config.weights)
+        )
+        self.resume = resume
+        self.signals = _StopSignals()
+        self.notes: list[str] = []
+        self.step = 0
+        self.samples_seen = 0  # the data position: global batches consumed x global batch
+        self.failed: set[int] = set()  # indices of images that failed to decode in training
+        self.device = device
         if config.precision == "fp16" and self.device.type != "cuda":
             raise UsageError("--precision fp16 needs a CUDA device; use bf16 on this machine")
         if config.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -126,8 +178,13 @@ class Trainer:
         if config.precision == "bf16" and emulated_bf16(self.device):
             log.warning("this CPU has no native bfloat16: --precision bf16 will be much slower than fp32")
         self.run_dir = RunDir(config.out)
-        if not resume and self.run_dir.complete_checkpoints():
-            raise UsageError(f"{config.out} already holds a training run; continue it with --resume {config.out}")
+        if resume:
+            if self.run_dir.latest() is None:
+                raise UsageError(f"{config.out} has no complete checkpoint to resume from")
+        else:
+            self.run_dir.check_fresh(overwrite)
+        if config.weights and not Path(config.weights).is_file():
+            raise UsageError(f"no such weights file: {config.weights}")
 
         # Everything below that can fail on user input fails before training starts.
         self.paths, self.unreadable = scan_images(Path(config.data))
@@ -146,10 +203,88 @@ class Trainer:
         self.diffusion_config = preset.diffusion
         self.diffusion = GaussianDiffusion.from_config(self.diffusion_config)
         self.views = Views(self.unet_config.image_size, self.preprocessing.size, config.random_crop, config.random_flip)
-        if resume and self.run_dir.latest() is None:
-            raise UsageError(f"{config.out} has no complete checkpoint to resume from")
+        self.encoder_info = EncoderInfo(
+            name=str(EncoderName(parsed.base, None, parsed.argument)),
+            layer=self.layer,
+            rep_dim=self.unet_config.rep_dim,
+            weights=source.name if source is not None else None,
+            preprocessing=self.preprocessing.to_dict(),
+            weights_sha256=file_sha256(config.weights) if config.weights else None,
+        )
+        if resume:
+            self._check_resumable()
+        # joined last: every check above needs no other process, and fails alone
+        self.device = dist_util.setup(self.world, device)
+
+    @property
+    def reporter(self) -> Reporter:
+        return self._reporter
+
+    @reporter.setter
+    def reporter(self, reporter: Reporter | None) -> None:
+        """Only rank 0 reports: W copies of every line say nothing more."""
+        self._reporter = reporter if reporter is not None and self.world.is_main else Reporter()
+
+    # --- resuming: what the checkpoint's metadata can refuse before any slow work -------------
+
+    def _check_resumable(self) -> None:
+        cfg = self.config
+        step, step_dir = self.run_dir.latest()
+        meta = read_meta(step_dir / "model.safetensors")
+        if meta.unet != self.unet_config:
+            raise RcdmError(f"{step_dir} was saved with a different architecture than this configuration")
+        if meta.encoder is not None:
+            differences = self._encoder_differences(meta.encoder)
+            if differences:
+                raise RcdmError(
+                    f"{step_dir} was trained with another encoder input: {'; '.join(differences)}; "
+                    "resume with the run's encoder, weights file and preprocessing"
+                )
+        if step > cfg.steps:
+            raise UsageError(f"{cfg.out} is already at step {step}: --steps {cfg.steps} would end it earlier; give more steps, or leave --steps out")
+        self.step = step
+        self._keep_global_batch()
+
+    def _encoder_differences(self, saved: EncoderInfo) -> list[str]:
+        now = self.encoder_info
+        labels = {"name": "encoder", "layer": "layer", "weights": "weights", "weights_sha256": "weights file (sha256)"}
+        found = [
+            f"{label} {getattr(saved, key)} (now {getattr(now, key)})"
+            for key, label in labels.items()
+            if getattr(saved, key) != getattr(now, key)
+        ]
+        if saved.preprocessing != now.preprocessing:
+            found.append(f"preprocessing {saved.preprocessing.get('name')} (now {now.preprocessing.get('name')})")
+        return found
+
+    def _keep_global_batch(self) -> None:
+        """The per-process batch of a resumed run, from its saved global batch: a
+        different process count must not change what a step is."""
+        cfg = self.config
+        saved = self.run_dir.read_config()
+        global_batch = int(saved.get("global_batch") or saved["config"]["batch_size"] * saved.get("world_size", 1))
+        processes = self.world.size
+        if global_batch % processes:
+            raise UsageError(
+                f"the run's global batch of {global_batch} images does not split evenly over {processes} processes; "
+                f"resume it on a number of processes that divides {global_batch}"
+            )
+        per_process = global_batch // processes
+        if cfg.microbatch and per_process % cfg.microbatch:
+            raise UsageError(
+                f"--microbatch {cfg.microbatch} does not divide the {per_process} images per process of this run "
+                f"on {processes} process(es); pass a --microbatch that divides {per_process}"
+            )
+        if per_process != cfg.batch_size:
+            self.config = dataclasses.replace(cfg, batch_size=per_process)
+            self.notes.append(f"keeping the run's global batch of {global_batch}: {per_process} images on each of {processes} process(es)")
 
     # --- setup ------------------------------------------------------------------------
+
+    def _stop_point(self) -> None:
+        """Stop (jointly) if a signal arrived during setup."""
+        if dist_util.any_true(self.signals.requested is not None, self.world, self.device):
+            raise Stopped()
 
     def _build(self) -> None:
         cfg = self.config
@@ -157,15 +292,18 @@ class Trainer:
         self.encoder: Encoder = get_registry().create(
             cfg.encoder, weights_path=cfg.weights, preprocessing=self.preprocessing, device=self.device
         )
+        # what the checkpoints record is what was built
+        self.encoder_info = dataclasses.replace(self.encoder_info, name=self.encoder.name, weights=self.encoder.weights_id)
+        self._stop_point()
         self.features = None
         if cfg.cache_features:
-            if self.world.is_main:
-                self.reporter.event(f"computing or loading the feature cache for {len(self.paths)} images")
-                self.features, where, hit = load_or_compute(self.paths, self.encoder, self.layer, self.views)
-                self.reporter.event(f"feature cache {'found' if hit else 'written'}: {where}")
-            dist_util.barrier(self.world)
-            if not self.world.is_main:
-                self.features, _, _ = load_or_compute(self.paths, self.encoder, self.layer, self.views)
+            self.reporter.event(f"computing or loading the feature cache for {len(self.paths)} images")
+            self.features, where, hit = load_or_compute(
+                self.paths, self.encoder, self.layer, self.views, world=self.world, workers=cfg.workers,
+                progress=lambda done, total: self.reporter.progress("encoding images for the feature cache", done, total),
+                should_stop=lambda: self.signals.requested is not None,
+            )
+            self.reporter.event(f"feature cache {'found' if hit else 'written'}: {where}")
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(stream_seed(cfg.seed, 0))
@@ -178,8 +316,6 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
         self.timesteps = create_timestep_sampler(cfg.schedule_sampler, self.diffusion.num_timesteps)
-        self.step = 0
-        self.samples_seen = 0
         if self.resume:
             self._restore()
         if self.world.distributed:
@@ -217,10 +353,7 @@ class Trainer:
 
     def _restore(self) -> None:
         step, step_dir = self.run_dir.latest()
-        meta, _ = load_checkpoint(step_dir / "model.safetensors", weights="model")
-        if meta.unet != self.unet_config:
-            raise RcdmError(f"{step_dir} was saved with a different architecture than this configuration")
-        _, weights = load_checkpoint(step_dir / "model.safetensors", weights="model", device=self.device)
+        meta, weights = load_checkpoint(step_dir / "model.safetensors", weights="model", device=self.device)
         self.model.load_state_dict(weights, strict=True)
         sets = {name: load_checkpoint(step_dir / "model.safetensors", weights=name)[1] for name in meta.weight_sets if name != "model"}
         try:
@@ -234,11 +367,29 @@ class Trainer:
         self.timesteps.load_state_dict(state.get("timestep_sampler", {}))
         self.step = int(state["step"])
         self.samples_seen = int(state["samples_seen"])
-        self.skipped = int(state.get("skipped_images", 0))
+        index = {str(p): i for i, p in enumerate(self.paths)}
+        self.failed = {index[name] for name in state.get("unreadable_in_training", []) if name in index}
         if self.world.is_main:
             self.run_dir.remove_stale_temporaries()
             self.run_dir.truncate_metrics(self.step)
         self.reporter.event(f"resuming {self.config.out} at step {self.step}")
+
+    def _start_folder(self) -> None:
+        """config.json, written by rank 0 once setup has succeeded; a fresh run first
+        clears what an earlier attempt left (metrics, previews, checkpoints)."""
+        cfg = self.config
+        if not self.world.is_main:
+            return
+        if not self.resume:
+            self.run_dir.reset()
+        self.run_dir.root.mkdir(parents=True, exist_ok=True)
+        write_json(self.run_dir.config_path, {
+            "config": cfg.to_dict(), "rcdm_version": __version__, "world_size": self.world.size,
+            "global_batch": cfg.batch_size * self.world.size,
+            "images": len(self.paths), "unreadable_images": [str(p) for p in self.unreadable],
+            "unet": self.unet_config.to_dict(), "diffusion": self.diffusion_config.to_dict(),
+            "parameters": count_parameters(self.model), "encoder_preprocessing": self.preprocessing.to_dict(),
+        })
 
     # --- one step -----------------------------------------------------------------------
 
@@ -260,13 +411,17 @@ class Trainer:
         cfg = self.config
         targets = targets.to(self.device, non_blocking=True)
         if self.features is None:
-            with torch.no_grad(), autocast(self.device, cfg.precision):
+            # float32, as the cache and sampling compute it: the representation a
+            # training image gets does not depend on --precision or --cache-features
+            with torch.no_grad():
                 reps = self.encoder(conditioning.to(self.device, non_blocking=True), self.layer).float()
         else:
             reps = conditioning.to(self.device).float()
         n = targets.shape[0]
         positions = [offset + i for i in range(n)]
         t, weights, noise = self._noise_and_timesteps(positions, targets.shape[1:])
+        # dropout's masks cover a whole (micro)batch, so they are keyed by process and
+        # step, not by sample: see the module's docstring
         torch.manual_seed(stream_seed(cfg.seed, DROPOUT, self.step, self.world.rank))
         micro = cfg.microbatch or n
         totals = {"loss": 0.0, "mse": 0.0, "vb": 0.0}
@@ -299,7 +454,7 @@ class Trainer:
         stats = dist_util.all_mean(stats, self.world)
         bad = not torch.isfinite(stats[0]) or (self.scaler is None and not torch.isfinite(stats[3]))
         if dist_util.any_true(bool(bad), self.world, self.device):
-            raise _NonFinite()
+            raise self._non_finite("loss", self.step + 1)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -309,35 +464,38 @@ class Trainer:
         self.ema.update(self.model)
         return {"loss": stats[0], "mse": stats[1], "vb": stats[2], "grad_norm": stats[3]}
 
+    def _non_finite(self, what: str, step: int) -> RcdmError:
+        previous = self.run_dir.latest()
+        kept = f"; the last good checkpoint is {previous[1]}" if previous else "; no checkpoint was saved yet"
+        return RcdmError(
+            f"the {what} became NaN or infinite at step {step}; training stopped{kept} (try a lower --lr, or --precision fp32)"
+        )
+
     # --- saving and previews ------------------------------------------------------------------
 
     def _meta(self) -> CheckpointMeta:
-        enc = self.encoder
         sets = ("model", *self.ema.state().keys())
         return CheckpointMeta(
             unet=self.unet_config,
             diffusion=self.diffusion_config,
-            encoder=EncoderInfo(
-                name=enc.name,
-                layer=self.layer,
-                rep_dim=self.unet_config.rep_dim,
-                weights=enc.weights_id,
-                preprocessing=self.preprocessing.to_dict(),
-                weights_sha256=file_sha256(self.config.weights) if self.config.weights else None,
-            ),
+            encoder=self.encoder_info,
             step=self.step,
-            source={"kind": "trained", "run": str(Path(self.config.out).resolve()), "data": self.config.data},
+            source={"kind": "trained", "run": self.config.out, "data": self.config.data},
             weight_sets=sets,
             default_weights=sets[1],
         )
 
     def _fingerprints(self) -> list[float]:
         """One number per process summarising its weights: DDP keeps the processes'
-        copies identical, and a divergence (a bug, a faulty device) must not go unseen."""
+        copies identical, and a divergence (a bug, a faulty device) must not go unseen.
+        The sum is finite exactly when every weight is, so it also keeps NaN or
+        infinite weights out of a checkpoint that would count as good."""
         with torch.no_grad():
             local = torch.stack([p.double().sum() * (i % 7 + 1) for i, p in enumerate(self.model.parameters())]).sum()
         gathered = dist_util.all_gather_cat(local.reshape(1).to(self.device), self.world)
         values = [float(v) for v in gathered.cpu()]
+        if not all(math.isfinite(v) for v in values):
+            raise self._non_finite("weights", self.step)
         if any(v != values[0] for v in values):
             raise RcdmError(f"the processes' weights diverged at step {self.step} (fingerprints {values})")
         return values
@@ -352,7 +510,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "timestep_sampler": self.timesteps.state_dict(),
-                "skipped_images": self.skipped,
+                "unreadable_in_training": sorted(str(self.paths[i]) for i in self.failed),
                 "world_size": self.world.size,
                 "weight_fingerprints": fingerprints,
                 "rcdm_version": __version__,
@@ -363,17 +521,31 @@ class Trainer:
         dist_util.barrier(self.world)
         return path
 
-    def _prepare_previews(self) -> None:
+    def _choose_previews(self) -> None:
+        """The conditioning images of the previews: the first files (in sorted order)
+        that decode, chosen before any slow work; no decodable image at all is an error
+        here, on every process."""
         cfg = self.config
-        chosen = self.paths[: cfg.preview_images]
-        self.preview_inputs, views = [], []
-        for p in chosen:
-            with Image.open(p) as im:
-                target, enc_view = make_views(im, self.views, None, False)
-            self.preview_inputs.append(to_pil(target))
-            views.append(enc_view)
-        with torch.no_grad():
-            self.preview_reps = self.encoder(torch.stack(views).to(self.device), self.layer).float().cpu()
+        self.preview_inputs, self.preview_views = [], []
+        if self.world.is_main:
+            for p in self.paths:
+                if len(self.preview_views) == cfg.preview_images:
+                    break
+                try:
+                    with Image.open(p) as im:
+                        im.load()
+                        target, enc_view = make_views(im, self.views, None, False)
+                except Exception:  # noqa: BLE001 - an undecodable file is not a preview
+                    continue
+                self.preview_inputs.append(to_pil(target))
+                self.preview_views.append(enc_view)
+        if dist_util.any_true(self.world.is_main and not self.preview_views, self.world, self.device):
+            raise RcdmError(f"none of the {len(self.paths)} images under {cfg.data} could be decoded")
+
+    def _encode_previews(self) -> None:
+        if self.world.is_main:
+            with torch.no_grad():
+                self.preview_reps = self.encoder(torch.stack(self.preview_views).to(self.device), self.layer).float().cpu()
 
     def _preview(self) -> Path:
         cfg = self.config
@@ -400,110 +572,121 @@ class Trainer:
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> TrainSummary:
-        cfg = self.config
         started = time.perf_counter()
-        self.skipped = 0
-        self._build()
-        if self.world.is_main:
-            self.run_dir.root.mkdir(parents=True, exist_ok=True)
-            write_json(self.run_dir.config_path, {"config": cfg.to_dict(), "rcdm_version": __version__, "world_size": self.world.size,
-                                                 "images": len(self.paths), "unreadable_images": [str(p) for p in self.unreadable],
-                                                 "unet": self.unet_config.to_dict(), "diffusion": self.diffusion_config.to_dict(),
-                                                 "parameters": count_parameters(self.model),
-                                                 "encoder_preprocessing": self.preprocessing.to_dict()})
-            self._prepare_previews()
-        self.reporter.event(
-            f"training {count_parameters(self.model) / 1e6:.1f} M parameters on {len(self.paths)} images "
-            f"({len(self.unreadable)} unreadable skipped), global batch {cfg.batch_size * self.world.size}"
-        )
+        stream = None
+        with self.signals:
+            try:
+                for note in self.notes:
+                    self.reporter.event(note)
+                self._choose_previews()
+                self._build()
+                self._stop_point()
+                self._encode_previews()
+                self._start_folder()
+                stream = start_loader(self._loader())
+                stopped = self._loop(stream)
+                return self._summary(started, stopped=stopped, before_training=False)
+            except Stopped:
+                self.reporter.event(
+                    f"{self.signals.requested or 'a stop signal'} received before training started: stopping, with nothing new to save"
+                )
+                return self._summary(started, stopped=True, before_training=True)
+            finally:
+                stream = None  # ends the data-loading processes
+                dist_util.teardown(self.world)
+
+    def _loader(self) -> torch.utils.data.DataLoader:
+        cfg = self.config
         dataset = TrainingImages(self.paths, self.views, cfg.seed, self.features)
         batches = StepBatches(len(self.paths), cfg.batch_size, self.world.size, self.world.rank, cfg.seed, start=self.samples_seen)
-        loader = torch.utils.data.DataLoader(
+        self.reporter.event(
+            f"training {count_parameters(self.model) / 1e6:.1f} M parameters on {len(self.paths)} images "
+            f"({len(self.unreadable)} unreadable left out), global batch {batches.global_batch}"
+        )
+        return torch.utils.data.DataLoader(
             dataset,
             batch_sampler=batches,
             num_workers=cfg.workers,
             collate_fn=collate,
             pin_memory=self.device.type == "cuda",
             persistent_workers=cfg.workers > 0,
+            worker_init_fn=ignore_stop_signals if cfg.workers > 0 else None,
         )
-        stream = iter(loader)
-        window = {"loss": 0.0, "mse": 0.0, "vb": 0.0, "grad_norm": 0.0, "n": 0}
-        window_images, window_start = 0, time.perf_counter()
-        last_good: tuple[torch.Tensor, torch.Tensor] | None = None
-        last_checkpoint = None
-        stopped = False
+
+    def _loop(self, stream) -> bool:
+        """Train until --steps or a stop signal; whether a signal stopped it."""
+        cfg = self.config
         global_batch = cfg.batch_size * self.world.size
-        with _StopSignals() as signals:
-            try:
-                while self.step < cfg.steps:
-                    targets, conditioning, _, skipped = next(stream)
-                    skipped_here = torch.tensor([float(skipped)], device=self.device)
-                    if self.world.distributed:
-                        torch.distributed.all_reduce(skipped_here)
-                    self.skipped += int(skipped_here.item())
-                    if targets is None:  # every image of this slice was unreadable
-                        if last_good is None:
-                            continue
-                        targets, conditioning = last_good
-                    last_good = (targets, conditioning)
-                    offset = self.world.rank * cfg.batch_size
-                    try:
-                        stats = self._train_step(targets, conditioning, offset)
-                    except _NonFinite:
-                        previous = self.run_dir.latest()
-                        kept = f"; the last good checkpoint is {previous[1]}" if previous else "; no checkpoint was saved yet"
-                        raise RcdmError(
-                            f"the loss became NaN or infinite at step {self.step + 1}; training stopped{kept} "
-                            "(try a lower --lr, or --precision fp32)"
-                        ) from None
-                    self.step += 1
-                    self.samples_seen += global_batch
-                    window_images += global_batch
-                    for key in ("loss", "mse", "vb", "grad_norm"):
-                        window[key] += float(stats[key])
-                    window["n"] += 1
-                    elapsed = time.perf_counter() - window_start
-                    self.reporter.step(self.step, cfg.steps, float(stats["loss"]), window_images / max(elapsed, 1e-9))
-                    if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                        record = {
-                            "step": self.step,
-                            "loss": window["loss"] / window["n"],
-                            "mse": window["mse"] / window["n"],
-                            "vb": window["vb"] / window["n"],
-                            "grad_norm": window["grad_norm"] / window["n"],
-                            "lr": self.optimizer.param_groups[0]["lr"],
-                            "img_per_s": window_images / max(elapsed, 1e-9),
-                            "samples_seen": self.samples_seen,
-                            "skipped_images": self.skipped,
-                        }
-                        if self.world.is_main:
-                            self.run_dir.append_metrics(record)
-                        self.reporter.log(record)
-                        window = {"loss": 0.0, "mse": 0.0, "vb": 0.0, "grad_norm": 0.0, "n": 0}
-                        window_images, window_start = 0, time.perf_counter()
-                    if dist_util.any_true(signals.requested is not None, self.world, self.device):
-                        self.reporter.event(f"{signals.requested or 'a stop signal'} received: saving step {self.step} and stopping")
-                        last_checkpoint = self._save()
-                        stopped = True
-                        break
-                    if self.step % cfg.save_every == 0 or self.step == cfg.steps:
-                        last_checkpoint = self._save()
-                    if self.world.is_main and self.step % cfg.sample_every == 0:
-                        self._preview()
-            finally:
-                del stream
-                dist_util.teardown(self.world)
+        offset = self.world.rank * cfg.batch_size
+        self._window = self._new_window()
+        empty_in_a_row = 0
+        while self.step < cfg.steps:
+            targets, conditioning, failed, empty = next(stream)
+            new = [i for i in failed if i not in self.failed]
+            found, any_empty = dist_util.share_faults(new, empty > 0, self.world, self.device)
+            self.failed.update(found)
+            self.samples_seen += global_batch  # the data position moves on, trained or not
+            trained = not any_empty
+            if trained:
+                empty_in_a_row = 0
+                self._record(self._train_step(targets, conditioning, offset), global_batch)
+            else:
+                empty_in_a_row += 1
+                if empty_in_a_row >= MAX_EMPTY_BATCHES:
+                    raise RcdmError(
+                        f"{MAX_EMPTY_BATCHES} batches in a row held images that could not be decoded, even after trying "
+                        f"{REPLACEMENT_TRIES} other files for each ({len(self.failed)} distinct files failed so far); "
+                        f"check the files under {cfg.data}"
+                    )
+            if dist_util.any_true(self.signals.requested is not None, self.world, self.device):
+                self.reporter.event(f"{self.signals.requested or 'a stop signal'} received: saving step {self.step} and stopping")
+                self._save()
+                return True
+            if trained and (self.step % cfg.save_every == 0 or self.step == cfg.steps):
+                self._save()
+            if trained and self.world.is_main and self.step % cfg.sample_every == 0:
+                self._preview()
+        return False
+
+    @staticmethod
+    def _new_window() -> dict[str, float]:
+        return {"loss": 0.0, "mse": 0.0, "vb": 0.0, "grad_norm": 0.0, "n": 0, "images": 0, "start": time.perf_counter()}
+
+    def _record(self, stats: dict[str, torch.Tensor], global_batch: int) -> None:
+        """Count a step; report it, and log the window's means every --log-every steps."""
+        cfg, window = self.config, self._window
+        self.step += 1
+        window["images"] += global_batch
+        for key in ("loss", "mse", "vb", "grad_norm"):
+            window[key] += float(stats[key])
+        window["n"] += 1
+        rate = window["images"] / max(time.perf_counter() - window["start"], 1e-9)
+        self.reporter.step(self.step, cfg.steps, float(stats["loss"]), rate)
+        if self.step % cfg.log_every and self.step != cfg.steps:
+            return
+        record = {
+            "step": self.step,
+            **{key: window[key] / window["n"] for key in ("loss", "mse", "vb", "grad_norm")},
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "img_per_s": rate,
+            "samples_seen": self.samples_seen,
+            "unreadable_at_scan": len(self.unreadable),
+            "unreadable_in_training": len(self.failed),
+        }
+        if self.world.is_main:
+            self.run_dir.append_metrics(record)
+        self.reporter.log(record)
+        self._window = self._new_window()
+
+    def _summary(self, started: float, *, stopped: bool, before_training: bool) -> TrainSummary:
         latest = self.run_dir.latest()
         return TrainSummary(
             run_dir=str(self.run_dir.root),
             step=self.step,
             stopped_by_signal=stopped,
-            skipped_images=self.skipped,
+            stopped_before_training=before_training,
             unreadable_at_scan=len(self.unreadable),
-            last_checkpoint=str(latest[1]) if latest else (str(last_checkpoint) if last_checkpoint else None),
+            unreadable_in_training=len(self.failed),
+            last_checkpoint=str(latest[1]) if latest else None,
             seconds=time.perf_counter() - started,
         )
-
-
-class _NonFinite(Exception):
-    pass
