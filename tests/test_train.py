@@ -202,6 +202,24 @@ def test_microbatches_accumulate_to_the_same_step(shapes, tmp_path):
     assert all(torch.allclose(wa[k], wb[k], atol=1e-8) for k in wa)
 
 
+def test_official_flags_describe_the_model_instead_of_a_preset(capsys, shapes, tmp_path):
+    from rcdm_cli.diffusion import PRESETS, DiffusionConfig, to_official_flags
+
+    flags = to_official_flags(PRESETS["tiny"].unet, DiffusionConfig(predict_xstart=True)) + " --lr 3e-4"
+    base = ["--encoder", "random", "--workers", "0", "--cache-features", "--flags", flags]
+    out = tmp_path / "x0"
+    code, _, err = rcdm(capsys, "train", shapes, *base, "--out", out, "--steps", 1, "--batch-size", 2)
+    assert code == 0, err
+    meta = read_meta(RunDir(out).latest_model())
+    assert meta.unet == PRESETS["tiny"].unet.with_rep_dim(2048) and meta.diffusion.predict_xstart
+    code, _, err = rcdm(capsys, "train", shapes, *base, "--preset", "tiny", "--out", tmp_path / "y")
+    assert code == 2 and "give --preset or --flags, not both" in err
+    base[-1] = flags + " --timestep_respacing ddim10"
+    code, _, err = rcdm(capsys, "train", shapes, *base, "--out", tmp_path / "y")
+    assert code == 2 and "--timestep_respacing is a sampling setting" in err
+    assert not (tmp_path / "y").exists()
+
+
 def test_loss_aware_sampler_and_augmentation_run_with_a_frozen_encoder(shapes, tmp_path, monkeypatch):
     from rcdm_cli.encoders.encoder import Encoder
 

@@ -17,7 +17,7 @@ from rcdm_cli.errors import UsageError
 # and previews, data loading, memory and speed settings) may change on resume.
 RESULT_OPTIONS = {
     "encoder": "--encoder", "layer": "--layer", "weights": "--weights", "preprocessing": "--preprocessing",
-    "preset": "--preset", "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
+    "preset": "--preset", "flags": "--flags", "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
     "ema": "--ema", "seed": "--seed", "precision": "--precision", "schedule_sampler": "--schedule-sampler",
     "random_crop": "--random-crop", "random_flip": "--random-flip",
 }
@@ -125,7 +125,8 @@ def train(
     layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Encoder layer (default: the encoder's default).", autocompletion=complete_layer),
     weights: Optional[Path] = typer.Option(None, "--weights", help="A local file of the encoder's weights."),
     preprocessing: str = typer.Option("rcdm", "--preprocessing", help="Encoder input scaling: rcdm ([-1, 1], as the released models) or native."),
-    preset: str = typer.Option("rcdm-128", "--preset", help="Architecture: rcdm-128, rcdm-64, rcdm-256 or tiny.", autocompletion=complete_preset),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Architecture and diffusion: rcdm-128 (default), rcdm-64, rcdm-256 or tiny.", autocompletion=complete_preset),
+    flags: Optional[str] = typer.Option(None, "--flags", help="Instead of --preset: guided-diffusion model and diffusion flags (\"--image_size 64 --num_channels 128 ... --predict_xstart True\")."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="The run folder: new, empty, or a run stopped before its first save."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in a non-empty --out, replacing a run's checkpoints, metrics and previews there."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Images per step per process (global batch = this x processes)."),
@@ -166,7 +167,7 @@ def train(
         setup_logging(settings.debug, True)
     values = dict(
         encoder=encoder, layer=layer, weights=str(weights) if weights else None, preprocessing=preprocessing,
-        preset=preset, batch_size=batch_size, microbatch=microbatch, lr=lr, weight_decay=weight_decay, ema=list(ema),
+        preset=preset if preset or flags else "rcdm-128", flags=flags, batch_size=batch_size, microbatch=microbatch, lr=lr, weight_decay=weight_decay, ema=list(ema),
         steps=steps, save_every=save_every, log_every=log_every, sample_every=sample_every, seed=seed, workers=workers,
         precision=precision, schedule_sampler=schedule_sampler, random_crop=random_crop, random_flip=random_flip,
         cache_features=cache_features, keep=keep, activation_checkpointing=activation_checkpointing,

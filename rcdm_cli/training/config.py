@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from rcdm_cli.diffusion.config import DiffusionConfig, UNetConfig, get_preset, parse_official_flags
 from rcdm_cli.diffusion.timestep_samplers import TIMESTEP_SAMPLERS
 from rcdm_cli.errors import UsageError
 
@@ -20,7 +21,8 @@ class TrainConfig:
     layer: str | None = None
     weights: str | None = None
     preprocessing: str = "rcdm"
-    preset: str = "rcdm-128"
+    preset: str | None = "rcdm-128"
+    flags: str | None = None  # official model and diffusion flags, instead of a preset
     batch_size: int = 8  # per process, as in guided-diffusion; the global batch is this x processes
     microbatch: int = 0  # 0: the whole batch at once
     lr: float = 1e-4
@@ -71,6 +73,30 @@ class TrainConfig:
             raise UsageError("--cache-features needs a deterministic encoder view: drop --random-crop")
         if self.workers < 0 or self.keep < 1:
             raise UsageError("--workers must be >= 0 and --keep >= 1")
+        if self.seed < 0:
+            raise UsageError(f"--seed must be a non-negative integer, got {self.seed}")
+        if self.flags and self.preset:
+            raise UsageError("give --preset or --flags, not both")
+        if not self.flags and not self.preset:
+            raise UsageError("give --preset or --flags")
+        self.architecture(None)  # bad flags or an unknown preset fail here
+
+    def architecture(self, rep_dim: int | None) -> tuple[UNetConfig, DiffusionConfig]:
+        """The UNet (conditioned on ``rep_dim``-d representations) and the diffusion: a
+        preset's, or what guided-diffusion flags describe, so that a configuration
+        from the original scripts (``$MODEL_FLAGS $DIFFUSION_FLAGS``) trains as it is.
+        The representation's width comes from the encoder, not from ``--ssl_dim``."""
+        if self.flags:
+            parsed = parse_official_flags(self.flags)
+            if parsed.unet.rep_dim is None and "feat_cond" in self.flags:
+                raise UsageError("--flags describe an unconditional model (--feat_cond False); RCDM conditions on a representation")
+            unet, diffusion = parsed.unet, parsed.diffusion
+        else:
+            preset = get_preset(self.preset)
+            unet, diffusion = preset.unet, preset.diffusion
+        if diffusion.timestep_respacing:
+            raise UsageError("--timestep_respacing is a sampling setting; training uses every diffusion step")
+        return unet.with_rep_dim(rep_dim), diffusion
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -40,7 +40,6 @@ from rcdm_cli.checkpoint.hashing import file_sha256
 from rcdm_cli.checkpoint.metadata import CheckpointMeta, EncoderInfo
 from rcdm_cli.checkpoint.rundir import RunDir
 from rcdm_cli.checkpoint.store import load_checkpoint, read_meta
-from rcdm_cli.diffusion.config import get_preset
 from rcdm_cli.diffusion.gaussian import GaussianDiffusion
 from rcdm_cli.diffusion.timestep_samplers import create_timestep_sampler
 from rcdm_cli.diffusion.unet import UNet, count_parameters
@@ -198,9 +197,7 @@ class Trainer:
         if source is not None and source.preprocessing is not None:
             native = source.preprocessing
         self.preprocessing = encoder_preprocessing(config.preprocessing, native)
-        preset = get_preset(config.preset)
-        self.unet_config = preset.unet.with_rep_dim(layers[self.layer][0])
-        self.diffusion_config = preset.diffusion
+        self.unet_config, self.diffusion_config = config.architecture(layers[self.layer][0])
         self.diffusion = GaussianDiffusion.from_config(self.diffusion_config)
         self.views = Views(self.unet_config.image_size, self.preprocessing.size, config.random_crop, config.random_flip)
         self.encoder_info = EncoderInfo(
