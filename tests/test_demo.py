@@ -20,7 +20,7 @@ def test_scenes_are_reproducible_and_record_their_factors():
 
 
 def test_shrunk_demo_writes_its_report(tmp_path):
-    settings = DemoSettings(out=tmp_path / "demo", train_images=8, heldout_images=3, steps=4, batch_size=4, samples=2, sampling_steps="ddim3")
+    settings = DemoSettings(out=tmp_path / "demo", train_images=8, heldout_images=3, steps=4, batch_size=4, samples=2, sampling_steps="3")
     result = run_demo(settings, torch.device("cpu"))
     report = (tmp_path / "demo" / "report.html").read_text()
     assert "data:image/png;base64," in report and "MRR" in report
