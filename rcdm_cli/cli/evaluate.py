@@ -39,22 +39,26 @@ NO_RESULTS = typer.Option(False, "--no-results", help="Do not append to the resu
 JSON = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
 
 
-def _report(record: dict, results: Path, no_results: bool, json_out: bool, title: str, rows: list[tuple[str, ...]], columns: tuple[str, ...]) -> None:
+def _print_table(title: str, columns, rows) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from rcdm_cli.evaluation.results import append_result
-
-    record = append_result(None if no_results else results, record)
-    if json_out:
-        print_json(record)
-        return
     table = Table(title=title)
     for c in columns:
         table.add_column(c)
     for row in rows:
         table.add_row(*row)
     Console().print(table)
+
+
+def _report(record: dict, results: Path, no_results: bool, json_out: bool, title: str, rows: list[tuple[str, ...]], columns: tuple[str, ...]) -> None:
+    from rcdm_cli.evaluation.results import append_result
+
+    record = append_result(None if no_results else results, record)
+    if json_out:
+        print_json(record)
+        return
+    _print_table(title, columns, rows)
     if not no_results:
         log.info("appended to %s", results)
 
@@ -434,9 +438,6 @@ def table(
     """The paper's tables from collected results: rows = encoder and layer, columns
     mean rank / MRR / top-1 / top-5 (or probe accuracy per layer). The latest record
     of each row wins."""
-    from rich.console import Console
-    from rich.table import Table
-
     from rcdm_cli.evaluation.results import probe_rows, rank_rows, read_results
 
     if metric not in ("rank", "probe"):
@@ -459,9 +460,4 @@ def table(
     if json_out:
         print_json({"metric": metric, "results_file": str(results_file), "rows": rows})
         return
-    out = Table(title=title)
-    for c in columns:
-        out.add_column(c)
-    for row in cells:
-        out.add_row(*row)
-    Console().print(out)
+    _print_table(title, columns, cells)
