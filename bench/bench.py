@@ -187,7 +187,7 @@ def model_flops(preset: str) -> tuple[float, float]:
         t = torch.zeros(1, dtype=torch.long)
         rep = torch.zeros(1, REP_DIM)
     with FlopCounterMode(display=False) as counter:
-        out = unet(x, t, rep)
+        unet(x, t, rep)
     forward = counter.get_total_flops()
     with FlopCounterMode(display=False) as counter:
         unet(x, t, rep).square().mean().backward()
