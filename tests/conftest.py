@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,13 +29,31 @@ def reference_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory):
+    """A folder for one test module's large files (synthetic published checkpoints
+    run to hundreds of MB each), removed when the module is done, so that the suite
+    never holds more than one module's files on a small disk."""
+    path = tmp_path_factory.mktemp("module")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def subfolder(parent: Path, name: str) -> Path:
+    path = parent / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
-    """Every test gets its own empty RCDM_HOME, so nothing touches the user's cache."""
+    """Every test gets its own empty RCDM_HOME, so nothing touches the user's cache;
+    it is removed after the test (a released checkpoint's synthetic copy is 1.7 GB)."""
     home = tmp_path_factory.mktemp("rcdm_home")
     monkeypatch.setenv("RCDM_HOME", str(home))
     monkeypatch.delenv("RCDM_DEVICE", raising=False)
-    return home
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

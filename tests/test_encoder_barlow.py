@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from conftest import rel_err
+from conftest import rel_err, subfolder
 from rcdm_cli.encoders import IMAGENET_MEAN, IMAGENET_STD, create_encoder, get_registry
 from rcdm_cli.errors import RcdmError
 from rcdm_plugins import barlow
@@ -205,14 +205,14 @@ def repo_model(trunk, projector) -> OrderedDict:
 
 
 @pytest.fixture(scope="module")
-def vissl_file(vissl_model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("barlow_vissl") / VISSL_URL.rsplit("/", 1)[-1]
+def vissl_file(vissl_model, module_tmp):
+    path = subfolder(module_tmp, "barlow_vissl") / VISSL_URL.rsplit("/", 1)[-1]
     return save_vissl(vissl_model["trunk"], vissl_model["heads"], path)
 
 
 @pytest.fixture(scope="module")
-def repo_file(repo_model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("barlow_repo") / "checkpoint.pth"
+def repo_file(repo_model, module_tmp):
+    path = subfolder(module_tmp, "barlow_repo") / "checkpoint.pth"
     torch.save(repo_checkpoint(repo_model), path)
     return path
 

@@ -21,7 +21,7 @@ import torchvision
 from torch import nn
 
 import rcdm_plugins.byol as byol
-from conftest import rel_err
+from conftest import rel_err, subfolder
 from rcdm_cli.encoders import IMAGENET_MEAN, IMAGENET_STD, create_encoder, get_registry
 from rcdm_cli.errors import RcdmError
 from synthetic import resnet50_state, state_from_shapes
@@ -209,8 +209,8 @@ def haiku():
 
 
 @pytest.fixture(scope="module")
-def deepmind_file(haiku, tmp_path_factory):
-    path = tmp_path_factory.mktemp("byol") / "pretrain_res50x1.pkl"
+def deepmind_file(haiku, module_tmp):
+    path = subfolder(module_tmp, "byol") / "pretrain_res50x1.pkl"
     dump_dill_like(deepmind_checkpoint(*haiku), path)
     return path
 
@@ -306,8 +306,8 @@ def mm_state():
 
 
 @pytest.fixture(scope="module")
-def mmselfsup_file(mm_state, tmp_path_factory):
-    path = tmp_path_factory.mktemp("byol_mm") / MMSELFSUP_FILE
+def mmselfsup_file(mm_state, module_tmp):
+    path = subfolder(module_tmp, "byol_mm") / MMSELFSUP_FILE
     save_mmengine(mmengine_checkpoint(mm_state), path)
     return path
 

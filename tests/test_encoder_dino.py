@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import rel_err
+from conftest import rel_err, subfolder
 from rcdm_cli.checkpoint.released import RELEASED
 from rcdm_cli.encoders import create_encoder, encoder_cache_dir, get_registry, reset_registry
 from rcdm_cli.errors import RcdmError
@@ -149,20 +149,20 @@ def full_checkpoint(teacher: dict, arch: str, differs: tuple[str, ...], teacher_
 
 
 @pytest.fixture(scope="module")
-def rn50(tmp_path_factory):
+def rn50(module_tmp):
     """The published ResNet-50 file: DINO wraps a teacher with batch norms in
     DistributedDataParallel, so every teacher key is saved under ``module.``."""
     teacher = resnet50_teacher()
-    path = tmp_path_factory.mktemp("dino") / "dino_resnet50_pretrain_full_checkpoint.pth"
+    path = subfolder(module_tmp, "dino") / "dino_resnet50_pretrain_full_checkpoint.pth"
     checkpoint = full_checkpoint(teacher, "resnet50", ("backbone.bn1.weight", "head.mlp.3.bias"), teacher_prefix="module.")
     torch.save(checkpoint, path)
     return path, teacher
 
 
 @pytest.fixture(scope="module")
-def vits16(tmp_path_factory):
+def vits16(module_tmp):
     teacher = vit_teacher(384)
-    path = tmp_path_factory.mktemp("dino") / "dino_deitsmall16_pretrain_full_checkpoint.pth"
+    path = subfolder(module_tmp, "dino") / "dino_deitsmall16_pretrain_full_checkpoint.pth"
     torch.save(full_checkpoint(teacher, "vit_small", ("backbone.norm.weight", "head.mlp.4.bias")), path)
     return path, teacher
 

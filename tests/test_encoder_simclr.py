@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from conftest import rel_err
+from conftest import rel_err, subfolder
 from rcdm_cli.encoders import IMAGENET_MEAN, IMAGENET_STD, create_encoder, get_registry
 from rcdm_cli.errors import RcdmError
 from synthetic import resnet50_state, state_from_shapes
@@ -88,8 +88,8 @@ def model(checkpoint) -> dict:
 
 
 @pytest.fixture(scope="module")
-def weights_file(checkpoint, tmp_path_factory):
-    return save_legacy(checkpoint, tmp_path_factory.mktemp("simclr") / "model_final_checkpoint_phase999.torch")
+def weights_file(checkpoint, module_tmp):
+    return save_legacy(checkpoint, subfolder(module_tmp, "simclr") / "model_final_checkpoint_phase999.torch")
 
 
 @pytest.fixture(scope="module")

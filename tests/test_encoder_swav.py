@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from conftest import rel_err
+from conftest import rel_err, subfolder
 from rcdm_cli.encoders import create_encoder, get_registry
 from rcdm_cli.errors import RcdmError
 from synthetic import missing as _missing
@@ -55,8 +55,8 @@ def state() -> OrderedDict:
 
 
 @pytest.fixture(scope="module")
-def weights_file(state, tmp_path_factory):
-    path = tmp_path_factory.mktemp("swav") / "swav_800ep_pretrain.pth.tar"
+def weights_file(state, module_tmp):
+    path = subfolder(module_tmp, "swav") / "swav_800ep_pretrain.pth.tar"
     torch.save(state, path)
     return path
 

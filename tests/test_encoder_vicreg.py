@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from conftest import rel_err
+from conftest import rel_err, subfolder
 from rcdm_cli.encoders import IMAGENET_MEAN, IMAGENET_STD, create_encoder, get_registry
 from rcdm_cli.errors import RcdmError
 from synthetic import missing as _missing
@@ -114,8 +114,8 @@ def model() -> OrderedDict:
 
 
 @pytest.fixture(scope="module")
-def weights_file(model, tmp_path_factory):
-    return save_published(model, tmp_path_factory.mktemp("vicreg") / "resnet50_fullckpt.pth")
+def weights_file(model, module_tmp):
+    return save_published(model, subfolder(module_tmp, "vicreg") / "resnet50_fullckpt.pth")
 
 
 @pytest.fixture(scope="module")
