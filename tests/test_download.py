@@ -155,3 +155,11 @@ def test_full_size_released_layout_loads_strictly(_isolated_home):
     model = RCDMModel.from_checkpoint(ckpt)
     assert sum(p.numel() for p in model.unet.parameters()) == 420768774
     dest.unlink()
+
+
+def test_a_record_in_another_shape_counts_as_none(server, tmp_path):
+    dest = tmp_path / "f.bin"
+    dest.write_bytes(PAYLOAD)
+    record_path(dest).write_text('{"verified": "abc"}')
+    assert download(f"{server}/file.bin", dest, sha256_prefix=hashlib.sha256(PAYLOAD).hexdigest()[:8]) == dest
+    assert json.loads(record_path(dest).read_text())["bytes"] == len(PAYLOAD)

@@ -68,7 +68,11 @@ def _read_record(dest: Path) -> dict | None:
         record = json.loads(record_path(dest).read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) else None
+    # a record in another shape (hand-edited, another tool's) is no record: the file
+    # is then checked as one put in the cache by hand, not refused as damaged
+    if not isinstance(record, dict) or not isinstance(record.get("bytes"), int):
+        return None
+    return record
 
 
 def _write_record(dest: Path, url: str, digest: str) -> None:
