@@ -41,7 +41,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
 
-import timm
 import torch
 from torch import nn
 
@@ -174,6 +173,8 @@ class DinoViT(nn.Module):
 
     def __init__(self, arch: str, dim: int):
         super().__init__()
+        import timm  # on use: listing encoders must not pay for its import
+
         self.backbone = timm.create_model(
             arch,
             pretrained=False,

@@ -21,7 +21,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
-import timm
 import torch
 from torch import nn
 
@@ -54,18 +53,26 @@ class PooledFeatures(nn.Module):
         return self.model(x)
 
 
+def _timm():
+    """timm, imported on first use: it brings torchvision, which costs seconds at
+    every start of the CLI and every shell completion that lists encoders."""
+    import timm
+
+    return timm
+
+
 def _check_name(name: str) -> None:
     """A clear error for a model timm does not have, or a pretrained tag it lacks."""
     arch, _, tag = name.partition(".")
-    if not timm.is_model(arch):
-        close = timm.list_models(f"*{arch.split('_')[0]}*")[:8]
+    if not _timm().is_model(arch):
+        close = _timm().list_models(f"*{arch.split('_')[0]}*")[:8]
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise UsageError(f"timm has no model {name!r}{hint}")
     if tag:
         try:
-            timm.models.get_pretrained_cfg(name)
+            _timm().models.get_pretrained_cfg(name)
         except RuntimeError:
-            tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{arch}.*")][:8]
+            tags = [t.partition(".")[2] for t in _timm().list_pretrained(f"{arch}.*")][:8]
             raise UsageError(
                 f"timm's {arch} has no pretrained weights {tag!r}; it has: {', '.join(tags) or 'none'}"
             ) from None
@@ -73,7 +80,7 @@ def _check_name(name: str) -> None:
 
 def _create(name: str, **kwargs: Any) -> nn.Module:
     _check_name(name)
-    return timm.create_model(name, num_classes=0, **kwargs)
+    return _timm().create_model(name, num_classes=0, **kwargs)
 
 
 @lru_cache(maxsize=32)

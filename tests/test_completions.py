@@ -42,3 +42,37 @@ def test_encoder_names_and_layers_complete_dynamically(monkeypatch, capsys, word
     with pytest.raises(SystemExit):
         run([])
     assert set(capsys.readouterr().out.split()) == expected
+
+
+def _complete(monkeypatch, capsys, words, cword):
+    from rcdm_cli.cli.app import run
+
+    monkeypatch.setenv("_RCDM_COMPLETE", "complete_bash")
+    monkeypatch.setenv("COMP_WORDS", words)
+    monkeypatch.setenv("COMP_CWORD", str(cword))
+    with pytest.raises(SystemExit):
+        run([])
+    return set(capsys.readouterr().out.split())
+
+
+def test_encoder_completion_is_cached_until_a_plugin_changes(monkeypatch, capsys):
+    import rcdm_cli.cli.completion as completion
+    import rcdm_cli.encoders as encoders
+
+    assert "thumbnail" in _complete(monkeypatch, capsys, "rcdm encode x --encoder th", 4)
+
+    # answered from the cache: the registry (every plugin, PyTorch) is not loaded again
+    def no_registry():
+        raise AssertionError("the registry was loaded")
+
+    monkeypatch.setattr(encoders, "get_registry", no_registry)
+    assert _complete(monkeypatch, capsys, "rcdm encode x --encoder th", 4) == {"thumbnail"}
+    assert _complete(monkeypatch, capsys, "rcdm encode x --encoder thumbnail --layer ", 6) == {"backbone", "8x8", "2x2"}
+
+    # a changed plugin set (here: a new version) makes the cache stale
+    real = completion._plugins_fingerprint
+    monkeypatch.setattr(completion, "_plugins_fingerprint", lambda: real() + ["another plugin"])
+    loaded = []
+    monkeypatch.setattr(encoders, "get_registry", lambda: loaded.append(1) or encoders.registry.get_registry())
+    assert "thumbnail" in _complete(monkeypatch, capsys, "rcdm encode x --encoder th", 4)
+    assert loaded

@@ -32,19 +32,74 @@ if __name__ == "__main__":
 # --- dynamic candidates, asked for by the shell at TAB time ---------------------------
 
 
+def _plugins_fingerprint() -> list:
+    """What the encoder catalogue depends on: rcdm's version and each installed plugin
+    entry point, with its distribution's version and its module file's mtime (so that
+    an editable install's edits count). Cheap: nothing heavy is imported."""
+    import importlib.util
+    from importlib import metadata
+
+    from rcdm_cli import __version__
+
+    key: list = [__version__]
+    for ep in sorted(metadata.entry_points(group="rcdm"), key=lambda e: (e.name, e.value)):
+        dist = getattr(ep, "dist", None)
+        try:
+            origin = importlib.util.find_spec(ep.module).origin
+            mtime = Path(origin).stat().st_mtime_ns if origin else None
+        except Exception:
+            mtime = None
+        key.append([ep.name, ep.value, dist.name if dist else None, dist.version if dist else None, mtime])
+    return key
+
+
+def encoder_catalog() -> list[dict]:
+    """Encoder names, weights and layers for completion. Listing them means importing
+    every plugin and PyTorch, seconds per TAB; so they are cached under ``RCDM_HOME``
+    and recomputed whenever an installed plugin changes."""
+    import json
+
+    from rcdm_cli.checkpoint.download import cache_path
+    from rcdm_cli.fileio import write_json
+
+    key = _plugins_fingerprint()
+    path = cache_path("completion", "encoders.json")
+    try:
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached["encoders"]
+    except (OSError, ValueError, AttributeError, KeyError):
+        pass
+    from rcdm_cli.encoders import get_registry
+
+    rows = [
+        {
+            "name": row["name"],
+            "description": row["description"],
+            "family": row["family"],
+            "weights": [[w["name"], w["description"]] for w in row["weights"]],
+            "layers": {k: [v["dim"], v["description"]] for k, v in row["layers"].items()},
+        }
+        for row in get_registry().catalog()
+    ]
+    try:
+        write_json(path, {"key": key, "encoders": rows})
+    except OSError:  # a read-only cache only costs speed
+        pass
+    return rows
+
+
 def complete_encoder(incomplete: str) -> list[tuple[str, str]]:
     """Installed encoder names, with ``@WEIGHTS`` variants."""
     try:
-        from rcdm_cli.encoders import get_registry
-
-        rows = get_registry().catalog()
+        rows = encoder_catalog()
     except Exception:  # completion must never fail loudly
         return []
     out = []
     for row in rows:
         name = row["name"].replace(":MODEL", ":")
         out.append((name, row["description"]))
-        out += [(f"{name}@{w['name']}", w["description"]) for w in row["weights"][1:]]
+        out += [(f"{name}@{w}", text) for w, text in row["weights"][1:]]
     return [(n, h) for n, h in out if n.startswith(incomplete)]
 
 
@@ -54,9 +109,14 @@ def complete_layer(ctx, incomplete: str) -> list[tuple[str, str]]:
     if not encoder:
         return [(n, "") for n in ("backbone", "head", "layer3") if n.startswith(incomplete)]
     try:
-        from rcdm_cli.encoders import get_registry
+        base = encoder.partition("@")[0].partition(":")[0]  # NAME[:MODEL][@WEIGHTS]
+        row = next((r for r in encoder_catalog() if r["name"] == base and not r["family"]), None)
+        if row is not None:
+            layers = {n: tuple(v) for n, v in row["layers"].items()}
+        else:  # a family member (timm:MODEL): its layers come from the model
+            from rcdm_cli.encoders import get_registry
 
-        layers, _ = get_registry().layers(encoder)
+            layers, _ = get_registry().layers(encoder)
     except Exception:
         return []
     return [(n, f"{dim}-d: {text}") for n, (dim, text) in layers.items() if n.startswith(incomplete)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Callable, Mapping
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +20,8 @@ def resnet50_trunk() -> nn.Module:
     last batch norm of every residual branch (``zero_init_last``), which makes an
     untrained network the identity on its shortcuts; loading weights replaces all of
     it anyway, but the untrained baseline must be a live network."""
+    import timm  # imported on use: it brings torchvision, seconds at every start
+
     return timm.create_model("resnet50", pretrained=False, num_classes=0, zero_init_last=False)
 
 
