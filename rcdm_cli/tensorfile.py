@@ -64,3 +64,22 @@ def load_tensor(path: str | Path, preferred: tuple[str, ...] = ()) -> torch.Tens
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+def provenance(path: str | Path) -> dict | None:
+    """What computed a vectors file, as ``rcdm encode`` records it in a .safetensors
+    file's metadata; None for other files or a file without the record."""
+    import json
+
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            record = (f.metadata() or {}).get("rcdm")
+        info = json.loads(record) if record else None
+    except (SafetensorError, OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and "encoder" in info and "layer" in info else None

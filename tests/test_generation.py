@@ -441,3 +441,40 @@ def test_a_weights_variant_the_model_was_not_trained_with_is_refused(random_ckpt
 
     with pytest.raises(UsageError, match="--encoder random@other contradicts it"):
         plan_conditioning(read_meta(random_ckpt), encoder="random@other")
+
+
+def test_encode_with_a_checkpoint_gives_what_sample_rep_needs(capsys, images, random_ckpt, tmp_path):
+    """`rcdm encode -c` computes the model's own representation (its encoder, layer
+    and preprocessing), and `sample --rep` takes it and gives what sampling from the
+    images gives; vectors recorded as another representation are refused."""
+    reps_file = tmp_path / "reps.safetensors"
+    code, out, err = rcdm(capsys, "encode", images[0], images[1], "-c", random_ckpt, "-o", reps_file, "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert (info["encoder"], info["layer"], info["preprocessing"]["name"]) == ("random", "backbone", "rcdm")
+    reps = load_file(str(reps_file))["reps"]
+    expected = create_encoder("random", preprocessing=RCDM).encode([Image.open(p).convert("RGB") for p in images[:2]], "backbone")
+    assert torch.allclose(reps, expected, atol=1e-5)
+
+    code, out, err = rcdm(capsys, "sample", "--rep", reps_file, "-c", random_ckpt, "-n", 1, *FAST, "-o", tmp_path / "r", "--save-tensors")
+    assert code == 0, err
+    code, out, err = rcdm(capsys, "sample", images[0], images[1], "-c", random_ckpt, "-n", 1, *FAST, "-o", tmp_path / "i", "--save-tensors")
+    assert code == 0, err
+    from_reps = load_file(str(tmp_path / "r" / "samples.safetensors"))["samples"]
+    from_images = load_file(str(tmp_path / "i" / "samples.safetensors"))["samples"]
+    assert torch.allclose(from_reps, from_images, atol=1e-4)
+
+    # the encoder's native input, another layer: refused, with the way out
+    native = tmp_path / "native.safetensors"
+    assert rcdm(capsys, "encode", images[0], "--encoder", "random", "-o", native)[0] == 0
+    code, _, err = rcdm(capsys, "sample", "--rep", native, "-c", random_ckpt, *FAST, "-o", tmp_path / "n")
+    assert code == 2 and "was computed from" in err and "rcdm encode IMAGES --checkpoint" in err
+    layer3 = tmp_path / "layer3.safetensors"
+    assert rcdm(capsys, "encode", images[0], "--encoder", "random", "--layer", "layer3", "--preprocessing", "rcdm", "-o", layer3)[0] == 0
+    code, _, err = rcdm(capsys, "sample", "--rep", layer3, "-c", random_ckpt, *FAST, "-o", tmp_path / "l")
+    assert code == 2 and ("random/layer3" in err or "1024-d" in err)
+    # a contradiction with the checkpoint is refused by encode too
+    code, _, err = rcdm(capsys, "encode", images[0], "-c", random_ckpt, "--layer", "layer3", "-o", tmp_path / "x.safetensors")
+    assert code == 2 and "contradicts" in err
+    code, _, err = rcdm(capsys, "encode", images[0], "-o", tmp_path / "y.safetensors")
+    assert code == 2 and "--encoder" in err

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from rcdm_cli.cli.completion import complete_encoder, complete_layer
+from rcdm_cli.cli.completion import complete_checkpoint, complete_encoder, complete_layer
 from rcdm_cli.cli.console import log, print_json, settings
 
 
@@ -117,10 +117,18 @@ def _details(row: dict, console) -> None:
 
 def encode(
     images: List[str] = typer.Argument(..., help="Image files, folders, globs, or - to read paths from stdin."),
-    encoder: str = typer.Option(..., "--encoder", "-e", help="Encoder name (see `rcdm encoders`).", autocompletion=complete_encoder),
+    checkpoint: Optional[str] = typer.Option(
+        None, "--checkpoint", "-c",
+        help="Compute the representation a model is conditioned on (its encoder, layer, weights and "
+        "preprocessing): what `rcdm sample --rep` with that model needs.",
+        autocompletion=complete_checkpoint,
+    ),
+    encoder: Optional[str] = typer.Option(None, "--encoder", "-e", help="Encoder name (see `rcdm encoders`).", autocompletion=complete_encoder),
     layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Layer (default: the encoder's default).", autocompletion=complete_layer),
     weights: Optional[Path] = typer.Option(None, "--weights", help="A local weights file instead of the download."),
-    preprocessing: str = typer.Option("native", "--preprocessing", help="native, or rcdm (224x224 in [-1, 1], as the released models)."),
+    preprocessing: Optional[str] = typer.Option(
+        None, "--preprocessing", help="native (default without --checkpoint), or rcdm (224x224 in [-1, 1], as the released models)."
+    ),
     output: Path = typer.Option(Path("reps.safetensors"), "--output", "-o", help="Where to write the vectors (.safetensors or .npy)."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
@@ -128,7 +136,9 @@ def encode(
 ) -> None:
     """Compute representations of images and save them (one row per image).
 
-    The file can be given to `rcdm sample --rep`.
+    The file can be given to `rcdm sample --rep`. A .safetensors file records what
+    computed it, and sampling refuses it for a model conditioned on another
+    representation; `--checkpoint` computes exactly the one a model needs.
     """
     import json
 
@@ -136,28 +146,42 @@ def encode(
     import torch
 
     from rcdm_cli import __version__
+    from rcdm_cli.checkpoint.hashing import file_sha256
     from rcdm_cli.cli.downloads import download_progress
     from rcdm_cli.devices import resolve_device
     from rcdm_cli.encoders import get_registry
     from rcdm_cli.errors import UsageError
     from rcdm_cli.fileio import atomic_path, check_writable
     from rcdm_cli.inputs import expand_inputs, load_image
+    from rcdm_cli.pipeline.runner import RCDMRun
     from rcdm_cli.tensorfile import save_tensors
 
     if output.suffix not in (".safetensors", ".npy"):
         raise UsageError(f"--output must end in .safetensors or .npy, got {output.name}")
     if batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    if checkpoint is None and encoder is None:
+        raise UsageError("give --encoder, or --checkpoint for the representation a model is conditioned on")
     paths = expand_inputs(images)
-    registry = get_registry()
-    layers, _ = registry.layers(encoder)
-    chosen = layer or registry.get(encoder)[0].spec.default_layer
-    if chosen not in layers:
-        raise UsageError(f"encoder {encoder!r} has no layer {chosen!r}; it has: {', '.join(layers)}")
-    check_writable([output], overwrite)
-
     device = resolve_device(settings.device)
-    model = registry.create(encoder, weights_path=weights, preprocessing=preprocessing, device=device, progress=download_progress())
+    if checkpoint is not None:
+        run = RCDMRun.prepare(
+            checkpoint=checkpoint, encoder=encoder, layer=layer, weights=str(weights) if weights else None,
+            preprocessing=preprocessing, device=device, download_progress=download_progress(),
+        )
+        chosen = run.plan.layer
+        check_writable([output], overwrite)
+        model = run.encoder
+    else:
+        registry = get_registry()
+        layers, _ = registry.layers(encoder)
+        chosen = layer or registry.get(encoder)[0].spec.default_layer
+        if chosen not in layers:
+            raise UsageError(f"encoder {encoder!r} has no layer {chosen!r}; it has: {', '.join(layers)}")
+        check_writable([output], overwrite)
+        model = registry.create(
+            encoder, weights_path=weights, preprocessing=preprocessing or "native", device=device, progress=download_progress()
+        )
     reps = []
     for i in range(0, len(paths), batch_size):
         batch = [load_image(p) for p in paths[i : i + batch_size]]
@@ -168,7 +192,9 @@ def encode(
         "layer": chosen,
         "weights": model.weights_id,
         "weights_file": model.weights_file,
+        "weights_sha256": file_sha256(Path(model.weights_file)) if weights is not None and model.weights_file else None,
         "preprocessing": model.preprocessing.to_dict(),
+        "checkpoint": checkpoint,
         "images": [str(p) for p in paths],
         "rcdm_version": __version__,
     }

@@ -111,7 +111,8 @@ def sample(
     from rcdm_cli.pipeline.runner import RCDMRun
     from rcdm_cli.pipeline.sampling import SamplingOptions, load_noise, resolved_eta, sample_seed
     from rcdm_cli.preprocessing import diffusion_target
-    from rcdm_cli.tensorfile import load_tensor, save_tensors
+    from rcdm_cli.pipeline.conditioning import check_vectors
+    from rcdm_cli.tensorfile import load_tensor, provenance, save_tensors
 
     if images and rep:
         raise UsageError("give conditioning images or --rep, not both")
@@ -132,6 +133,8 @@ def sample(
         device=resolve_device(settings.device), images=bool(inputs),
         rep_dim=reps.shape[1] if reps is not None else None, download_progress=download_progress(),
     )
+    if reps is not None:
+        check_vectors(run.meta, provenance(rep), rep)
     options = SamplingOptions(
         sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_
     )

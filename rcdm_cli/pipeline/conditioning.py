@@ -147,3 +147,41 @@ def plan_conditioning(
     if path is not None and not path.is_file():
         raise UsageError(f"no such weights file: {path}")
     return ConditioningPlan(name, chosen_layer, dim, chosen_pre, path)
+
+
+def check_vectors(meta: CheckpointMeta, info: dict | None, source: str) -> None:
+    """Vectors computed by ``rcdm encode`` for another representation than the one the
+    model is conditioned on (another encoder or layer, other weights, or another
+    preprocessing of the same images) give samples that mean nothing; refuse them.
+    Vectors without a record (.npy, made elsewhere) are taken as they are."""
+    recorded = meta.encoder
+    if recorded is None or info is None:
+        return
+    hint = "; compute them with `rcdm encode IMAGES --checkpoint CHECKPOINT`"
+    given, trained = EncoderName.parse(str(info["encoder"])), EncoderName.parse(recorded.name)
+    if given.base != trained.base or given.argument != trained.argument or info["layer"] != recorded.layer:
+        raise UsageError(
+            f"{source} holds {info['encoder']}/{info['layer']} representations but the model is conditioned on "
+            f"{recorded.name}/{recorded.layer}{hint}"
+        )
+    want_weights = trained.variant or recorded.weights
+    if want_weights and info.get("weights") and info["weights"] != want_weights:
+        raise UsageError(
+            f"{source} was computed with {given.base}'s {info['weights']!r} weights but the model was trained with "
+            f"{want_weights!r}{hint}"
+        )
+    if recorded.weights_sha256 and info.get("weights_sha256") != recorded.weights_sha256:
+        raise UsageError(
+            f"{source} was not computed with the local encoder weights the model was trained with "
+            f"(sha256 {recorded.weights_sha256[:12]}...){hint}"
+        )
+    try:
+        theirs = Preprocessing.from_dict(info.get("preprocessing") or {})
+    except (UsageError, TypeError):
+        return
+    ours = Preprocessing.from_dict(recorded.preprocessing)
+    if theirs != ours:
+        raise UsageError(
+            f"{source} was computed from {theirs.describe()} inputs but the model was trained on representations of "
+            f"{ours.describe()} inputs{hint}"
+        )
