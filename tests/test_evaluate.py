@@ -364,7 +364,11 @@ def test_rank_command_records_results_and_renders_the_table(capsys, toy_encoder,
     assert rows[1]["mrr"] == 0.99 and rows[1]["checkpoint"] == "released:dino-head"
     code, out, err = rcdm(capsys, "evaluate", "table", results)
     assert code == 0, err
-    assert "mean rank" in out and "MRR" in out and "top-5" in out and "dino" in out and "0.990" in out
+    assert "MRR" in out and "top-5" in out and "dino/head" in out and "0.990" in out
+    assert "500.50" in out  # rows of different sizes: each with its chance
+    code, out, err = rcdm(capsys, *args[:-1], "--no-results")
+    assert code == 0, err
+    assert "flipinv/backbone" in out and "chance: mean rank 2.50, MRR 0.521, top-1 0.250" in out
     code, _, err = rcdm(capsys, "evaluate", "table", results, "--metric", "probe")
     assert code == 2 and "holds no probe results" in err
 

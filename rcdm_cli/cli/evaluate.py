@@ -6,6 +6,8 @@ file (``--results``, default ``rcdm-results.jsonl``) so batch jobs can collect t
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -39,26 +41,33 @@ NO_RESULTS = typer.Option(False, "--no-results", help="Do not append to the resu
 JSON = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
 
 
-def _print_table(title: str, columns, rows) -> None:
+def _print_table(title: str, columns, rows, caption: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
-    for c in columns:
-        table.add_column(c)
+    rows = [tuple(r) for r in rows]
+    table = Table(title=title, caption=caption)
+    for i, c in enumerate(columns):
+        # numbers never break; names and paths fold (not "…") when 80 columns are too few
+        short = all(len(r[i]) <= 14 for r in rows)
+        table.add_column(c, no_wrap=short, overflow="fold", justify="right" if short and i else "left")
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    # a terminal's width is respected; a log file or a pipe gets the whole table
+    Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160).print(table)
 
 
-def _report(record: dict, results: Path, no_results: bool, json_out: bool, title: str, rows: list[tuple[str, ...]], columns: tuple[str, ...]) -> None:
+def _report(
+    record: dict, results: Path, no_results: bool, json_out: bool, title: str, rows: list[tuple[str, ...]],
+    columns: tuple[str, ...], caption: str | None = None,
+) -> None:
     from rcdm_cli.evaluation.results import append_result
 
     record = append_result(None if no_results else results, record)
     if json_out:
         print_json(record)
         return
-    _print_table(title, columns, rows)
+    _print_table(title, columns, rows, caption)
     if not no_results:
         log.info("appended to %s", results)
 
@@ -74,23 +83,43 @@ def _images(data: Path, limit: int | None) -> list[Path]:
     return paths
 
 
-RANK_COLUMNS = ("encoder", "layer", "checkpoint", "images × samples", "mean rank", "MRR", "top-1", "top-5", "chance rank / MRR / top-1 / top-5")
-
-
 def _number(value, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _rank_cells(row: dict) -> tuple[str, ...]:
-    chance = " / ".join(
-        _number(row.get(k), d) for k, d in (("chance_mean_rank", 2), ("chance_mrr", 3), ("chance_top1", 3), ("chance_top5", 3))
-    )
-    return (
-        str(row.get("encoder")), str(row.get("layer")), str(row.get("checkpoint") or "-"),
-        f"{row.get('images')} × {row.get('samples_per_image')}",
-        _number(row.get("mean_rank"), 2), _number(row.get("mrr"), 3), _number(row.get("top1"), 3), _number(row.get("top5"), 3),
-        chance,
-    )
+def _short_checkpoint(spec: str | None) -> str:
+    """``released:NAME`` and ``init:PRESET`` as they are; a path by its last two parts
+    (the table has 80 columns; the results file keeps the whole path)."""
+    if not spec:
+        return "-"
+    if spec.startswith(("released:", "init:")):
+        return spec
+    return "/".join(Path(spec).parts[-2:])
+
+
+def _rank_view(rows: list[dict]) -> tuple[tuple[str, ...], list[tuple[str, ...]], str | None]:
+    """The faithfulness table in 80 columns. Chance depends only on the number of
+    images, so when every row has the same it is said once, under the table."""
+    chances = {(r.get("chance_mean_rank"), r.get("chance_mrr"), r.get("chance_top1")) for r in rows}
+    shared = len(chances) == 1
+    columns = ("representation", "checkpoint", "images\n× samples", "mean\nrank", "MRR", "top-1", "top-5")
+    if not shared:
+        columns += ("chance\nrank / MRR",)
+    cells = []
+    for r in rows:
+        cell = (
+            f"{r.get('encoder')}/{r.get('layer')}", _short_checkpoint(r.get("checkpoint")),
+            f"{r.get('images')} × {r.get('samples_per_image')}",
+            _number(r.get("mean_rank"), 2), _number(r.get("mrr"), 3), _number(r.get("top1"), 3), _number(r.get("top5"), 3),
+        )
+        if not shared:
+            cell += (f"{_number(r.get('chance_mean_rank'), 2)} / {_number(r.get('chance_mrr'), 3)}",)
+        cells.append(cell)
+    caption = None
+    if shared and rows:
+        rank, mrr, top1 = next(iter(chances))
+        caption = f"chance: mean rank {_number(rank, 2)}, MRR {_number(mrr, 3)}, top-1 {_number(top1, 3)}"
+    return columns, cells, caption
 
 
 @app.command("rank")
@@ -159,7 +188,8 @@ def rank(
         "ranks": table.tolist(),  # expected ranks, ties broken at random
     }
     row = {"encoder": run.plan.encoder, "layer": run.plan.layer, "checkpoint": run.spec, **summary}
-    _report(record, results, no_results, json_out, "faithfulness (rank of the conditioning image)", [_rank_cells(row)], RANK_COLUMNS)
+    columns, cells, caption = _rank_view([row])
+    _report(record, results, no_results, json_out, "faithfulness (rank of the conditioning image)", cells, columns, caption)
 
 
 @app.command("invariance")
@@ -445,7 +475,7 @@ def table(
     records = read_results(results_file)
     if metric == "rank":
         rows = rank_rows(records)
-        columns, cells = RANK_COLUMNS, [_rank_cells(r) for r in rows]
+        columns, cells, caption = _rank_view(rows)
         title = "faithfulness (rank of the conditioning image)"
     else:
         rows, layers = probe_rows(records)
@@ -454,10 +484,10 @@ def table(
             (str(r["encoder"]), str(r["weights"] or "-"), str(r["classes"] or "-"), *(_number(r["val_top1"].get(lay), 3) for lay in layers))
             for r in rows
         ]
-        title = "linear probe accuracy"
+        title, caption = "linear probe accuracy", None
     if not rows:
         raise UsageError(f"{results_file} holds no {metric} results; run `rcdm evaluate {metric}` with --results {results_file}")
     if json_out:
         print_json({"metric": metric, "results_file": str(results_file), "rows": rows})
         return
-    _print_table(title, columns, cells)
+    _print_table(title, columns, cells, caption)
