@@ -48,4 +48,4 @@ def demo(
         "mean rank %.2f (chance %.2f), MRR %.3f (chance %.3f)",
         rank["mean_rank"], rank["chance_mean_rank"], rank["mrr"], rank["chance_mrr"],
     )
-    typer.echo(f"report: {result['report']}", err=True)
+    typer.echo(f"report: {Path(result['report']).resolve()}", err=True)

@@ -124,7 +124,7 @@ def _rank_view(rows: list[dict]) -> tuple[tuple[str, ...], list[tuple[str, ...]]
 
 @app.command("rank")
 def rank(
-    data: Path = typer.Argument(..., help="Conditioning images (a folder, file or glob)."),
+    data: Path = typer.Argument(..., help="Conditioning images: a folder, file or glob, or - to read paths from stdin."),
     n: int = typer.Option(4, "-n", "--num-samples", help="Samples per conditioning image (K)."),
     metric: str = typer.Option("cosine", "--metric", help="cosine or l2."),
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Use the first N images only."),
@@ -194,7 +194,7 @@ def rank(
 
 @app.command("invariance")
 def invariance(
-    data: Path = typer.Argument(..., help="Images (a folder, file or glob)."),
+    data: Path = typer.Argument(..., help="Images: a folder, file or glob, or - to read paths from stdin."),
     encoder: str = typer.Option(..., "--encoder", "-e", help="Encoder to measure.", autocompletion=complete_encoder),
     layer: List[str] = typer.Option(None, "--layer", "-l", help="Layer; repeat (default: backbone and head where it exists).", autocompletion=complete_layer),
     weights: Optional[Path] = WEIGHTS,

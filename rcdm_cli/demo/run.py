@@ -190,6 +190,7 @@ def run_demo(settings: DemoSettings, device: torch.device, event: Callable[[str]
     )
     result = {
         "report": str(report), "samples": str(samples_png), "interpolation": str(strip_png),
+        "data": str(data), "factors": str(data / "scenes.json"), "summary": str(out / "demo.json"),
         "checkpoint": checkpoint, "rank": summary, "train_seconds": round(train_seconds, 1),
         "seconds": round(time.perf_counter() - started, 1),
     }
