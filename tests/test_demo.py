@@ -1,6 +1,7 @@
 """rcdm demo, shrunk: scenes, a few training steps, samples, interpolation, rank, report."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,3 +35,20 @@ def test_shrunk_demo_writes_its_report(tmp_path):
 def test_demo_command_refuses_bad_steps(capsys, tmp_path):
     assert run(["demo", "--out", str(tmp_path / "d"), "--steps", "0"]) == 2
     assert "--steps must be positive" in capsys.readouterr().err
+
+
+def test_an_unfinished_demo_is_replaced_and_only_its_own_files(tmp_path):
+    """A demo stopped by a failed download or Ctrl-C leaves generated files only; the
+    next run replaces them rather than asking for --overwrite, and leaves the user's
+    other files in the folder alone."""
+    out = tmp_path / "demo"
+    (out / "data" / "train").mkdir(parents=True)
+    (out / "data" / "train" / "scene-0000.png").write_bytes(b"half")
+    (out / "notes.txt").write_text("mine")
+    events = []
+    settings = DemoSettings(out=out, train_images=8, heldout_images=3, steps=2, batch_size=4, samples=2, sampling_steps="3")
+    result = run_demo(settings, torch.device("cpu"), event=events.append)
+    assert any("unfinished demo" in e for e in events)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "demo.json").is_file() and Path(result["report"]).is_file()
+    assert len(list((out / "data" / "train").glob("*.png"))) == 8

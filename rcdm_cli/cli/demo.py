@@ -22,21 +22,14 @@ def demo(
     Runs offline on a CPU. With --released, a released checkpoint (and its encoder)
     is downloaded and used instead of training.
     """
-    import shutil
-
-    from rcdm_cli.demo.run import OUTPUTS, DemoSettings, run_demo
+    from rcdm_cli.demo.run import DemoSettings, clear_outputs, run_demo
     from rcdm_cli.devices import resolve_device
     from rcdm_cli.errors import UsageError
 
     if steps <= 0:
         raise UsageError("--steps must be positive")
     if overwrite:
-        for name in OUTPUTS:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        clear_outputs(out)
     demo_settings = DemoSettings(out=out, steps=steps, seed=seed)
     if released:
         demo_settings.checkpoint = "released:dino-head"

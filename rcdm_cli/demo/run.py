@@ -92,10 +92,28 @@ def _write_scenes(folder: Path, scenes) -> list[Path]:
     return paths
 
 
+def clear_outputs(out: Path) -> None:
+    """Remove what a demo wrote into ``out`` (and nothing else there)."""
+    import shutil
+
+    for name in OUTPUTS:
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+
+
 def run_demo(settings: DemoSettings, device: torch.device, event: Callable[[str], None] = lambda m: None) -> dict:
+    """A finished demo (its ``demo.json`` written last) is kept unless the caller
+    clears it; an unfinished one (interrupted, or a failed download) holds only
+    generated files and is replaced."""
     out = settings.out
-    if any((out / name).exists() for name in OUTPUTS):
+    if (out / "demo.json").exists():
         raise UsageError(f"{out} already holds a demo; choose another --out or pass --overwrite")
+    if any((out / name).exists() for name in OUTPUTS):
+        event(f"replacing the unfinished demo in {out}")
+        clear_outputs(out)
     started = time.perf_counter()
     scenes = make_scenes(settings.train_images + settings.heldout_images, seed=settings.seed)
     train_scenes, heldout_scenes = scenes[: settings.train_images], scenes[settings.train_images :]
