@@ -39,11 +39,11 @@ def encoders(
     if json_out:
         print_json({"encoders": rows, "failed_plugins": registry.failed})
         return
-    console = Console()  # the listing is the result: stdout
     if name is not None:
-        _details(rows[0], console)
+        # lines left whole (the terminal wraps them), so that addresses and paths copy intact
+        _details(rows[0], Console(soft_wrap=True))
     else:
-        console.print(_table(rows))
+        Console().print(_table(rows))  # the listing is the result: stdout
     for plugin, problem in registry.failed.items():
         log.warning("plugin %s failed to load: %s", plugin, problem)
 
