@@ -7,6 +7,7 @@ Errors print one line on stderr; ``--debug`` adds the traceback.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import traceback
 from typing import Optional
@@ -58,6 +59,13 @@ def _global_options(
     setup_logging(debug, quiet)
 
 
+def _prose(doc: str | None) -> str:
+    """A docstring as help text: paragraphs reflowed. Typer keeps the line breaks of
+    every paragraph after the first, which the terminal then shows as ragged lines."""
+    paragraphs = inspect.cleandoc(doc or "").split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
 app.command("demo")(demo_cmd.demo)
 app.command("train", no_args_is_help=True)(train_cmd.train)
 app.command("sample", no_args_is_help=True)(sample_cmd.sample)
@@ -68,6 +76,9 @@ app.command("encoders")(encoders_cmd.encoders)
 app.command("encode", no_args_is_help=True)(encoders_cmd.encode)
 app.command("attack", no_args_is_help=True)(attack_cmd.attack)
 app.add_typer(evaluate_cmd.app, name="evaluate")
+for _typer in (app, evaluate_cmd.app):
+    for _info in _typer.registered_commands:
+        _info.help = _prose(_info.help or _info.callback.__doc__)
 
 
 # Typer has shipped click both as a dependency and vendored; reach its exception
