@@ -1,3 +1,7 @@
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +80,24 @@ def test_encoder_completion_is_cached_until_a_plugin_changes(monkeypatch, capsys
     monkeypatch.setattr(encoders, "get_registry", lambda: loaded.append(1) or encoders.registry.get_registry())
     assert "thumbnail" in _complete(monkeypatch, capsys, "rcdm encode x --encoder th", 4)
     assert loaded
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_the_checked_in_bash_script_completes_in_bash(tmp_path):
+    """The script as a user sources it, driven the way bash drives it at TAB."""
+    script = f"""
+source {FOLDER / 'rcdm.bash'}
+complete -p rcdm
+COMP_WORDS=(rcdm sample --encoder thu); COMP_CWORD=3
+_rcdm_completion rcdm
+printf '%s\\n' "${{COMPREPLY[@]}}"
+COMP_WORDS=(rcdm evaluate r); COMP_CWORD=2
+_rcdm_completion rcdm
+printf '%s\\n' "${{COMPREPLY[@]}}"
+"""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split("\n")
+    assert "complete -o default -F _rcdm_completion rcdm" in lines[0]
+    assert lines[1:] == ["thumbnail", "rank", ""]
