@@ -42,6 +42,7 @@ def _plugins_fingerprint() -> list:
     from rcdm_cli import __version__
 
     key: list = [__version__]
+    # the group is rcdm_cli.encoders.hooks.ENTRY_POINT_GROUP; importing it would load PyTorch
     for ep in sorted(metadata.entry_points(group="rcdm"), key=lambda e: (e.name, e.value)):
         dist = getattr(ep, "dist", None)
         try:
