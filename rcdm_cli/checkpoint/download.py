@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import logging
 import os
 import socket
 import urllib.error
@@ -28,6 +29,7 @@ from rcdm_cli import __version__
 from rcdm_cli.errors import RcdmError
 
 Progress = Callable[[int, int | None], None]  # (bytes so far, total or None)
+_log = logging.getLogger("rcdm")  # shown by the CLI; silent for a library caller without handlers
 _CHUNK = 1 << 20
 
 
@@ -132,6 +134,7 @@ def download(
     if offline():
         raise RcdmError(f"{dest} is not in the cache and RCDM_OFFLINE is set; " + _manual_hint(url, dest))
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _log.info("downloading %s to %s", url, dest)
     part = dest.with_name(dest.name + ".part")
     request = urllib.request.Request(url, headers={"User-Agent": f"rcdm/{__version__}"})
     try:

@@ -18,7 +18,7 @@ def download_progress():
             return
         if not state["started"]:
             state["started"] = True
-            log.info("downloading (%s)", f"{total / 1e6:.0f} MB" if total else "size unknown")
+            log.info("%s to fetch", f"{total / 1e6:.0f} MB" if total else "an unknown size")
             if err.is_terminal:
                 bar = Progress(BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err, transient=True)
                 try:
