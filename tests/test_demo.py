@@ -52,3 +52,27 @@ def test_an_unfinished_demo_is_replaced_and_only_its_own_files(tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "demo.json").is_file() and Path(result["report"]).is_file()
     assert len(list((out / "data" / "train").glob("*.png"))) == 8
+
+
+def test_a_given_checkpoint_replaces_training(tmp_path):
+    """The path `--released` takes (there with released:dino-head, downloaded): no
+    training, the encoder from the checkpoint's metadata, the same report."""
+    from conftest import make_tiny_state
+    from rcdm_cli.checkpoint.metadata import CheckpointMeta, EncoderInfo
+    from rcdm_cli.checkpoint.store import save_checkpoint
+    from rcdm_cli.diffusion import PRESETS
+    from rcdm_cli.preprocessing import RCDM
+
+    info = EncoderInfo(name="thumbnail", layer="backbone", rep_dim=48, preprocessing=RCDM.to_dict())
+    meta = CheckpointMeta(unet=PRESETS["tiny"].unet.with_rep_dim(48), diffusion=PRESETS["tiny"].diffusion, encoder=info)
+    ckpt = tmp_path / "given.safetensors"
+    save_checkpoint(ckpt, {"model": make_tiny_state(48)}, meta)
+    settings = DemoSettings(
+        out=tmp_path / "demo", train_images=4, heldout_images=3, samples=2, sampling_steps="3", checkpoint=str(ckpt)
+    )
+    result = run_demo(settings, torch.device("cpu"))
+    assert result["checkpoint"] == str(ckpt) and result["train_seconds"] == 0.0
+    assert not (tmp_path / "demo" / "run").exists()
+    assert result["rank"]["images"] == 3
+    report = (tmp_path / "demo" / "report.html").read_text()
+    assert "released" in report and "4x4 grid" in report
