@@ -58,7 +58,7 @@ def test_download_streams_into_place_with_progress(server, tmp_path):
     dest = download(f"{server}/file.bin", tmp_path / "f.bin", progress=lambda d, t: seen.append((d, t)))
     assert dest.read_bytes() == PAYLOAD
     assert seen[-1] == (len(PAYLOAD), len(PAYLOAD))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin", "f.bin.verified.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".locks", "f.bin", "f.bin.verified.json"]
 
 
 def test_cached_file_is_not_downloaded_again(server, tmp_path):
@@ -92,13 +92,13 @@ def test_a_file_put_in_the_cache_by_hand_is_hashed_once(server, tmp_path, monkey
 def test_cut_off_download_leaves_nothing_behind(server, tmp_path):
     with pytest.raises(RcdmError, match="cut off|stopped after"):
         download(f"{server}/short", tmp_path / "f.bin")
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".locks"]
 
 
 def test_checksum_mismatch_is_refused(server, tmp_path):
     with pytest.raises(RcdmError, match="SHA-256"):
         download(f"{server}/file.bin", tmp_path / "f.bin", sha256="0" * 64)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".locks"]
     good = hashlib.sha256(PAYLOAD).hexdigest()
     assert download(f"{server}/file.bin", tmp_path / "f.bin", sha256=good).exists()
 
@@ -163,3 +163,43 @@ def test_a_record_in_another_shape_counts_as_none(server, tmp_path):
     record_path(dest).write_text('{"verified": "abc"}')
     assert download(f"{server}/file.bin", dest, sha256_prefix=hashlib.sha256(PAYLOAD).hexdigest()[:8]) == dest
     assert json.loads(record_path(dest).read_text())["bytes"] == len(PAYLOAD)
+
+
+def test_processes_sharing_a_cache_download_a_file_once(tmp_path):
+    """A batch array starting together: one job downloads, the others wait for it and
+    use its copy; nobody writes into another's temporary file."""
+    requests = []
+    release = threading.Event()
+
+    class Slow(_Handler):
+        def do_GET(self):  # noqa: N802
+            requests.append(self.path)
+            release.wait(10)
+            super().do_GET()
+
+    _Handler.files = {"/big.bin": PAYLOAD}
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/big.bin"
+    dest = tmp_path / "cache" / "big.bin"
+    results, errors = [], []
+
+    def job():
+        try:
+            results.append(download(url, dest, sha256=hashlib.sha256(PAYLOAD).hexdigest()))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    jobs = [threading.Thread(target=job) for _ in range(4)]
+    for j in jobs:
+        j.start()
+    while not requests:  # the first job is downloading; the others are waiting on the lock
+        threading.Event().wait(0.01)
+    threading.Event().wait(0.3)
+    release.set()
+    for j in jobs:
+        j.join(30)
+    httpd.shutdown()
+    assert not errors and results == [dest] * 4
+    assert requests == ["/big.bin"] and dest.read_bytes() == PAYLOAD
+    assert not list(dest.parent.glob("*.part"))

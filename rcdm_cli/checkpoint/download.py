@@ -14,16 +14,18 @@ path where a copy obtained elsewhere can be put.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
 import logging
 import os
 import socket
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from rcdm_cli import __version__
 from rcdm_cli.errors import RcdmError
@@ -114,6 +116,38 @@ def _check_cached(url: str, dest: Path, sha256: str | None, sha256_prefix: str |
         _write_record(dest, url, digest)
 
 
+@contextlib.contextmanager
+def _one_download_at_a_time(dest: Path) -> Iterator[None]:
+    """Among the processes that share a cache (a batch array starting together), one
+    downloads a file while the others wait and then find it. Where there are no
+    advisory locks (Windows, a file system that refuses them), each downloads on its
+    own, into its own temporary file, and the identical copies replace one another
+    atomically. The lock files stay (removing one would race with its next user), in
+    a hidden ``.locks`` folder beside the file."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        locks = dest.parent / ".locks"
+        locks.mkdir(exist_ok=True)
+        handle = open(locks / (dest.name + ".lock"), "a")
+    except OSError:
+        yield
+        return
+    with handle:
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                _log.info("waiting for another process that is downloading %s", dest.name)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+
+
 def download(
     url: str,
     dest: Path,
@@ -133,9 +167,21 @@ def download(
         return dest
     if offline():
         raise RcdmError(f"{dest} is not in the cache and RCDM_OFFLINE is set; " + _manual_hint(url, dest))
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RcdmError(f"could not create the cache folder {dest.parent}: {exc.strerror or exc}") from None
+    with _one_download_at_a_time(dest):
+        if dest.exists():  # another process fetched it while this one waited
+            _check_cached(url, dest, sha256, sha256_prefix)
+            return dest
+        return _fetch(url, dest, sha256, sha256_prefix, progress, timeout)
+
+
+def _fetch(url: str, dest: Path, sha256: str | None, sha256_prefix: str | None, progress: Progress | None, timeout: float) -> Path:
     _log.info("downloading %s to %s", url, dest)
-    part = dest.with_name(dest.name + ".part")
+    # a name of its own, so that concurrent downloads never write into one file
+    part = dest.with_name(f"{dest.name}.{os.getpid()}-{threading.get_ident()}.part")
     request = urllib.request.Request(url, headers={"User-Agent": f"rcdm/{__version__}"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response, open(part, "wb") as out:
