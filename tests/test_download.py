@@ -203,3 +203,14 @@ def test_processes_sharing_a_cache_download_a_file_once(tmp_path):
     assert not errors and results == [dest] * 4
     assert requests == ["/big.bin"] and dest.read_bytes() == PAYLOAD
     assert not list(dest.parent.glob("*.part"))
+
+
+def test_a_killed_download_leaves_nothing_for_long(server, tmp_path):
+    """A job killed mid-download leaves its temporary file; the next download of that
+    file, holding the lock, removes it."""
+    stale = tmp_path / "f.bin.12345-678.part"
+    stale.write_bytes(b"half a file")
+    other = tmp_path / "g.bin.1-2.part"
+    other.write_bytes(b"another file's")
+    download(f"{server}/file.bin", tmp_path / "f.bin")
+    assert not stale.exists() and other.exists()

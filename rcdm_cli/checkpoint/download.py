@@ -15,6 +15,7 @@ path where a copy obtained elsewhere can be put.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import http.client
 import json
@@ -117,24 +118,25 @@ def _check_cached(url: str, dest: Path, sha256: str | None, sha256_prefix: str |
 
 
 @contextlib.contextmanager
-def _one_download_at_a_time(dest: Path) -> Iterator[None]:
+def _one_download_at_a_time(dest: Path) -> Iterator[bool]:
     """Among the processes that share a cache (a batch array starting together), one
-    downloads a file while the others wait and then find it. Where there are no
-    advisory locks (Windows, a file system that refuses them), each downloads on its
-    own, into its own temporary file, and the identical copies replace one another
-    atomically. The lock files stay (removing one would race with its next user), in
-    a hidden ``.locks`` folder beside the file."""
+    downloads a file while the others wait and then find it; yields whether this
+    process holds the file's lock. Where there are no advisory locks (Windows, a file
+    system that refuses them), each downloads on its own, into its own temporary
+    file, and the identical copies replace one another atomically. The lock files
+    stay (removing one would race with its next user), in a hidden ``.locks`` folder
+    beside the file."""
     try:
         import fcntl
     except ImportError:
-        yield
+        yield False
         return
     try:
         locks = dest.parent / ".locks"
         locks.mkdir(exist_ok=True)
         handle = open(locks / (dest.name + ".lock"), "a")
     except OSError:
-        yield
+        yield False
         return
     with handle:
         try:
@@ -144,8 +146,9 @@ def _one_download_at_a_time(dest: Path) -> Iterator[None]:
                 _log.info("waiting for another process that is downloading %s", dest.name)
                 fcntl.flock(handle, fcntl.LOCK_EX)
         except OSError:
-            pass
-        yield
+            yield False
+            return
+        yield True
 
 
 def download(
@@ -171,10 +174,14 @@ def download(
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RcdmError(f"could not create the cache folder {dest.parent}: {exc.strerror or exc}") from None
-    with _one_download_at_a_time(dest):
+    with _one_download_at_a_time(dest) as exclusive:
         if dest.exists():  # another process fetched it while this one waited
             _check_cached(url, dest, sha256, sha256_prefix)
             return dest
+        if exclusive:  # what a killed download left behind is nobody's now
+            for stale in dest.parent.glob(f"{glob.escape(dest.name)}.*.part"):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
         return _fetch(url, dest, sha256, sha256_prefix, progress, timeout)
 
 
