@@ -101,3 +101,14 @@ printf '%s\\n' "${{COMPREPLY[@]}}"
     lines = done.stdout.split("\n")
     assert "complete -o default -F _rcdm_completion rcdm" in lines[0]
     assert lines[1:] == ["thumbnail", "rank", ""]
+
+
+def test_encoder_completion_works_with_a_read_only_cache(monkeypatch, capsys):
+    import rcdm_cli.fileio as fileio
+    from rcdm_cli.errors import RcdmError
+
+    def refuse(path, obj):
+        raise RcdmError(f"could not write {path}: Read-only file system")
+
+    monkeypatch.setattr(fileio, "write_json", refuse)
+    assert "thumbnail" in _complete(monkeypatch, capsys, "rcdm encode x --encoder th", 4)

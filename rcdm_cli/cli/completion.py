@@ -61,6 +61,7 @@ def encoder_catalog() -> list[dict]:
     import json
 
     from rcdm_cli.checkpoint.download import cache_path
+    from rcdm_cli.errors import RcdmError
     from rcdm_cli.fileio import write_json
 
     key = _plugins_fingerprint()
@@ -85,7 +86,7 @@ def encoder_catalog() -> list[dict]:
     ]
     try:
         write_json(path, {"key": key, "encoders": rows})
-    except OSError:  # a read-only cache only costs speed
+    except (OSError, RcdmError):  # a read-only cache only costs speed
         pass
     return rows
 
