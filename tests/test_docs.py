@@ -30,16 +30,24 @@ def _shell_lines(text: str):
 
 
 def _rcdm_commands(text: str):
-    """The argument lists of every ``rcdm`` invocation, pipes, ``&&``, redirections
-    and comments taken off; ``torchrun ... -m rcdm_cli`` counts."""
+    """The argument lists of every ``rcdm`` invocation, read as the shell reads them:
+    pipes, ``&&``, ``;``, redirections and comments taken off; ``torchrun ... -m
+    rcdm_cli`` counts."""
+    operators = {"|", "||", "&&", ";", "&"}
     for line in _shell_lines(text):
-        for segment in re.split(r"\|\||&&|\||;", line):
-            words = shlex.split(segment, comments=True)
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        segment: list[str] = []
+        for token in [*lexer, ";"]:
+            if token not in operators:
+                segment.append(token)
+                continue
+            words, segment = segment, []
             if "rcdm_cli" in words:
                 words = ["rcdm", *words[words.index("rcdm_cli") + 1 :]]
             if not words or words[0] != "rcdm":
                 continue
-            cut = next((i for i, w in enumerate(words) if w.startswith((">", "<", "2>"))), len(words))
+            cut = next((i for i, w in enumerate(words) if w[0] in "<>"), len(words))
             yield words[1:cut]
 
 
