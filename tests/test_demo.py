@@ -45,8 +45,14 @@ def test_an_unfinished_demo_is_replaced_and_only_its_own_files(tmp_path):
     (out / "data" / "train").mkdir(parents=True)
     (out / "data" / "train" / "scene-0000.png").write_bytes(b"half")
     (out / "notes.txt").write_text("mine")
-    events = []
     settings = DemoSettings(out=out, train_images=8, heldout_images=3, steps=2, batch_size=4, samples=2, sampling_steps="3")
+    # without the marker a demo writes first, a data folder is the user's
+    with pytest.raises(UsageError, match="not written by a demo"):
+        run_demo(settings, torch.device("cpu"))
+    assert run(["demo", "--out", str(out), "--overwrite", "--steps", "1"]) == 2
+    assert (out / "data" / "train" / "scene-0000.png").read_bytes() == b"half"
+    (out / ".rcdm-demo").write_text("{}")
+    events = []
     result = run_demo(settings, torch.device("cpu"), event=events.append)
     assert any("unfinished demo" in e for e in events)
     assert (out / "notes.txt").read_text() == "mine"

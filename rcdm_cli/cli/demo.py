@@ -22,13 +22,13 @@ def demo(
     Runs offline on a CPU. With --released, a released checkpoint (and its encoder)
     is downloaded and used instead of training.
     """
-    from rcdm_cli.demo.run import DemoSettings, clear_outputs, run_demo
+    from rcdm_cli.demo.run import DemoSettings, clear_outputs, holds_demo, run_demo
     from rcdm_cli.devices import resolve_device
     from rcdm_cli.errors import UsageError
 
     if steps <= 0:
         raise UsageError("--steps must be positive")
-    if overwrite:
+    if overwrite and holds_demo(out):  # never a folder of the user's that merely has a data/ in it
         clear_outputs(out)
     demo_settings = DemoSettings(out=out, steps=steps, seed=seed)
     if released:

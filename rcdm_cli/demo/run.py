@@ -26,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from rcdm_cli import __version__
 from rcdm_cli.demo.report import write_report
 from rcdm_cli.demo.scenes import make_scenes
 from rcdm_cli.diffusion.config import PRESETS, DiffusionConfig, to_official_flags
@@ -53,8 +54,10 @@ ENCODER_NOTES = {
     ),
 }
 
-# What the demo writes into its folder (and all that --overwrite removes).
-OUTPUTS = ("data", "run", "samples.png", "interpolation.png", "report.html", "demo.json")
+# What the demo writes into its folder (and all that --overwrite removes). The marker
+# is written first: files of these names without it are not the demo's.
+MARKER = ".rcdm-demo"
+OUTPUTS = (MARKER, "data", "run", "samples.png", "interpolation.png", "report.html", "demo.json")
 
 
 # The demo's model, as guided-diffusion flags: the tiny preset's UNet, lighter, and a
@@ -92,6 +95,12 @@ def _write_scenes(folder: Path, scenes) -> list[Path]:
     return paths
 
 
+def holds_demo(out: Path) -> bool:
+    """Whether ``out`` holds a demo, finished or not (files of the demo's names alone
+    do not make one)."""
+    return (out / MARKER).exists() or (out / "demo.json").exists()
+
+
 def clear_outputs(out: Path) -> None:
     """Remove what a demo wrote into ``out`` (and nothing else there)."""
     import shutil
@@ -106,14 +115,19 @@ def clear_outputs(out: Path) -> None:
 
 def run_demo(settings: DemoSettings, device: torch.device, event: Callable[[str], None] = lambda m: None) -> dict:
     """A finished demo (its ``demo.json`` written last) is kept unless the caller
-    clears it; an unfinished one (interrupted, or a failed download) holds only
-    generated files and is replaced."""
+    clears it; an unfinished one (interrupted, or a failed download), known by the
+    marker written first, holds only generated files and is replaced. Files of the
+    demo's names without the marker are someone else's and are never touched."""
     out = settings.out
     if (out / "demo.json").exists():
         raise UsageError(f"{out} already holds a demo; choose another --out or pass --overwrite")
-    if any((out / name).exists() for name in OUTPUTS):
+    present = [name for name in OUTPUTS if (out / name).exists()]
+    if present and MARKER not in present:
+        raise UsageError(f"{out / present[0]} exists and was not written by a demo; choose another --out")
+    if present:
         event(f"replacing the unfinished demo in {out}")
         clear_outputs(out)
+    write_json(out / MARKER, {"rcdm_version": __version__, "seed": settings.seed})
     started = time.perf_counter()
     scenes = make_scenes(settings.train_images + settings.heldout_images, seed=settings.seed)
     train_scenes, heldout_scenes = scenes[: settings.train_images], scenes[settings.train_images :]
