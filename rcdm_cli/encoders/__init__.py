@@ -1,9 +1,12 @@
 """Encoders: the plugin host and the public API plugins are written against.
 
 A plugin (built-in or third-party) registers :class:`EncoderSpec` objects through the
-``register_encoders`` hook; :func:`create_encoder` builds one by name.
+``register_encoders`` hook, and :class:`AttributeSpec` objects (visual attributes that
+``rcdm evaluate attributes`` measures) through ``register_attributes``;
+:func:`create_encoder` builds an encoder by name.
 """
 
+from rcdm_cli.encoders.attributes import AttributeSpec
 from rcdm_cli.encoders.encoder import Encoder
 from rcdm_cli.encoders.hooks import ENTRY_POINT_GROUP, hookimpl
 from rcdm_cli.encoders.nets import ResNetWithHeads, global_pool, mlp, resnet50_trunk, resnet_stages, uninitialized
@@ -35,6 +38,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "RCDM",
+    "AttributeSpec",
     "BuildRequest",
     "Encoder",
     "EncoderName",

@@ -23,7 +23,8 @@ import torch
 
 from rcdm_cli.checkpoint.download import Progress
 from rcdm_cli.encoders.encoder import Encoder
-from rcdm_cli.encoders.hooks import ENTRY_POINT_GROUP, PROJECT, EncoderHooks
+from rcdm_cli.encoders.attributes import AttributeSpec
+from rcdm_cli.encoders.hooks import ENTRY_POINT_GROUP, PROJECT, PluginHooks
 from rcdm_cli.encoders.spec import BuildRequest, EncoderSpec, WeightSource
 from rcdm_cli.encoders.weights import fetch_weights
 from rcdm_cli.errors import RcdmError, UsageError
@@ -36,6 +37,12 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 class Registered:
     spec: EncoderSpec
     plugin: str  # "distribution version" or the plugin's name when not installed
+
+
+@dataclass(frozen=True)
+class RegisteredAttribute:
+    spec: AttributeSpec
+    plugin: str
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,7 @@ class EncoderName:
         return out + (f"@{self.variant}" if self.variant else "")
 
 
-class DuplicateEncoderError(RcdmError):
+class DuplicateNameError(RcdmError):
     """Two plugins registered one name: which one the user meant cannot be guessed."""
 
 
@@ -67,12 +74,13 @@ Layers = dict[str, tuple[int, str]]
 class EncoderRegistry:
     def __init__(self, load_entry_points: bool = True):
         self.pm = pluggy.PluginManager(PROJECT)
-        self.pm.add_hookspecs(EncoderHooks)
+        self.pm.add_hookspecs(PluginHooks)
         self.origins: dict[int, str] = {}
         self.labels: dict[int, str] = {}
         # "entry point (distribution version)" -> what went wrong
         self.failed: dict[str, str] = {}
         self._specs: dict[str, Registered] | None = None
+        self._attributes: dict[str, RegisteredAttribute] | None = None
         if load_entry_points:
             self._load_entry_points()
 
@@ -98,42 +106,60 @@ class EncoderRegistry:
         self.origins[id(plugin)] = origin
         self.labels[id(plugin)] = label or origin
         self._specs = None
+        self._attributes = None
 
     @property
     def specs(self) -> dict[str, Registered]:
         if self._specs is None:
-            specs: dict[str, Registered] = {}
-            for impl in self.pm.hook.register_encoders.get_hookimpls():
-                self._collect(impl, specs)
-            self._specs = dict(sorted(specs.items()))
+            found = self._collect("register_encoders", EncoderSpec, "encoder", Registered)
+            self._specs = dict(sorted(found.items()))
         return self._specs
 
-    def _collect(self, impl: Any, specs: dict[str, Registered]) -> None:
-        """Run one plugin's hook into ``specs``. If it raises, none of its encoders is
+    @property
+    def attributes(self) -> dict[str, "RegisteredAttribute"]:
+        """Every registered attribute estimator, by name."""
+        if self._attributes is None:
+            self._attributes = self._collect("register_attributes", AttributeSpec, "attribute", RegisteredAttribute)
+        return self._attributes
+
+    def _collect(self, hook: str, kind: type, noun: str, entry: type) -> dict[str, Any]:
+        """Run every plugin's ``hook``. If one raises, none of what it registered is
         kept (half a plugin is worse than none) and it is recorded as failed; a name
-        clash with another plugin stays an error."""
-        origin = self.origins.get(id(impl.plugin), impl.plugin_name)
-        mine: list[str] = []
+        registered by two plugins stays an error naming both."""
+        found: dict[str, Any] = {}
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            origin = self.origins.get(id(impl.plugin), impl.plugin_name)
+            mine: list[str] = []
 
-        def register(spec: EncoderSpec) -> None:
-            _validate(spec, origin)
-            if spec.name in specs:
-                raise DuplicateEncoderError(
-                    f"encoder {spec.name!r} is registered twice: by {specs[spec.name].plugin} and by {origin}; "
-                    "uninstall one of them"
-                )
-            specs[spec.name] = Registered(spec, origin)
-            mine.append(spec.name)
+            def register(spec, origin=origin, mine=mine) -> None:
+                _validate(spec, origin, kind, noun)
+                if spec.name in found:
+                    raise DuplicateNameError(
+                        f"{noun} {spec.name!r} is registered twice: by {found[spec.name].plugin} and by {origin}; "
+                        "uninstall one of them"
+                    )
+                found[spec.name] = entry(spec, origin)
+                mine.append(spec.name)
 
-        try:
-            impl.function(register=register)
-        except DuplicateEncoderError:
-            raise
-        except Exception as exc:  # a broken plugin is reported, not fatal
-            for name in mine:
-                del specs[name]
-            label = self.labels.get(id(impl.plugin), origin)
-            self.failed[label] = f"register_encoders raised {type(exc).__name__}: {exc}"
+            try:
+                impl.function(register=register)
+            except DuplicateNameError:
+                raise
+            except Exception as exc:  # a broken plugin is reported, not fatal
+                for name in mine:
+                    del found[name]
+                label = self.labels.get(id(impl.plugin), origin)
+                self.failed[label] = f"{hook} raised {type(exc).__name__}: {exc}"
+        return found
+
+    def attribute(self, name: str) -> AttributeSpec:
+        entry = self.attributes.get(name)
+        if entry is None:
+            broken = f"; {len(self.failed)} plugin(s) failed to load: {', '.join(self.failed)}" if self.failed else ""
+            raise UsageError(
+                f"unknown attribute {name!r}; available: {', '.join(sorted(self.attributes))}{broken} (see `rcdm attributes`)"
+            )
+        return entry.spec
 
     def get(self, name: str | EncoderName) -> tuple[Registered, EncoderName]:
         parsed = name if isinstance(name, EncoderName) else EncoderName.parse(name)
@@ -299,11 +325,17 @@ def resolve_preprocessing(choice: str | Preprocessing | dict, native: Preprocess
     raise UsageError(f"unknown preprocessing {choice!r}: expected native or rcdm")
 
 
-def _validate(spec: EncoderSpec, origin: str) -> None:
-    if not isinstance(spec, EncoderSpec):
-        raise RcdmError(f"plugin {origin} registered {type(spec).__name__}, not an EncoderSpec")
+def _validate(spec: Any, origin: str, kind: type = EncoderSpec, noun: str = "encoder") -> None:
+    if not isinstance(spec, kind):
+        raise RcdmError(f"plugin {origin} registered {type(spec).__name__}, not an {kind.__name__}")
     if not _NAME.match(spec.name):
-        raise RcdmError(f"plugin {origin} registered an invalid encoder name {spec.name!r} (use a-z, 0-9, _ . -)")
+        raise RcdmError(f"plugin {origin} registered an invalid {noun} name {spec.name!r} (use a-z, 0-9, _ . -)")
+    if kind is AttributeSpec:
+        if spec.categories and len(set(spec.categories)) != len(spec.categories):
+            raise RcdmError(f"plugin {origin}: attribute {spec.name!r} repeats a category")
+        if spec.dim < 1 or (spec.components and len(spec.components) != spec.dim):
+            raise RcdmError(f"plugin {origin}: attribute {spec.name!r} needs dim >= 1 and one component name per value")
+        return
     if spec.family:
         if spec.describe is None:
             raise RcdmError(f"plugin {origin}: family {spec.name!r} needs a describe function")
