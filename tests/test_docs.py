@@ -15,10 +15,16 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 # options whose callbacks act at parse time (they would install files)
 ACTING = {"--install-completion", "--show-completion"}
+# names that docs/plugins.md's example plugins register
+EXAMPLE_PLUGIN_NAMES = {"tinyconv", "warmth"}
 
 
 def _shell_lines(text: str):
-    for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, re.S):
+    # every fence is matched with its language, so that a python or toml block is
+    # skipped whole rather than pairing its closing fence with the next opening one
+    for language, block in re.findall(r"```([a-z]*)\n(.*?)```", text, re.S):
+        if language not in ("", "bash", "sh", "console"):
+            continue
         pending = ""
         for raw in block.splitlines():
             line = raw.rstrip()
@@ -114,7 +120,15 @@ def _check_value(option: str, value: str) -> None:
         get_released(value.partition(":")[2])
     elif option in ("--checkpoint", "-c") and value.startswith("init:"):
         assert value.partition(":")[2] in PRESETS
-    elif option == "--encoder" and not value.startswith("timm:"):
+    elif option == "--encoder" and not value.startswith("timm:") and value not in EXAMPLE_PLUGIN_NAMES:
         get_registry().get(value)
+    elif option == "--attribute" and value not in EXAMPLE_PLUGIN_NAMES:
+        from rcdm_cli.evaluation.attributes import select_attributes
+
+        select_attributes([value])
+    elif option in ("--augment", "--augmentation"):
+        from rcdm_cli.evaluation.augmentations import AUGMENTATIONS
+
+        assert value in AUGMENTATIONS
     elif option == "--method":
         attack_class(value)

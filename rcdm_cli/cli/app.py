@@ -17,6 +17,7 @@ import typer
 from rcdm_cli import __version__
 from rcdm_cli.cli import arith as arith_cmd
 from rcdm_cli.cli import attack as attack_cmd
+from rcdm_cli.cli import attributes as attributes_cmd
 from rcdm_cli.cli import convert as convert_cmd
 from rcdm_cli.cli import demo as demo_cmd
 from rcdm_cli.cli import encoders as encoders_cmd
@@ -74,7 +75,9 @@ app.command("arith", no_args_is_help=True)(arith_cmd.arith)
 app.command("convert", no_args_is_help=True)(convert_cmd.convert)
 app.command("encoders")(encoders_cmd.encoders)
 app.command("encode", no_args_is_help=True)(encoders_cmd.encode)
+app.command("attributes")(attributes_cmd.attributes)
 app.command("attack", no_args_is_help=True)(attack_cmd.attack)
+evaluate_cmd.app.command("attributes", no_args_is_help=True)(attributes_cmd.evaluate_attributes)
 app.add_typer(evaluate_cmd.app, name="evaluate")
 for _typer in (app, evaluate_cmd.app):
     for _info in _typer.registered_commands:

@@ -41,15 +41,16 @@ NO_RESULTS = typer.Option(False, "--no-results", help="Do not append to the resu
 JSON = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
 
 
-def _print_table(title: str, columns, rows, caption: str | None = None) -> None:
+def _print_table(title: str, columns, rows, caption: str | None = None, whole: tuple[int, ...] = ()) -> None:
     from rich.console import Console
     from rich.table import Table
 
     rows = [tuple(r) for r in rows]
     table = Table(title=title, caption=caption)
     for i, c in enumerate(columns):
-        # numbers never break; names and paths fold (not "…") when 80 columns are too few
-        short = all(len(r[i]) <= 14 for r in rows)
+        # numbers (and the columns in ``whole``) never break; names and paths fold (not
+        # "…") when 80 columns are too few
+        short = i in whole or all(len(r[i]) <= 14 for r in rows)
         table.add_column(c, no_wrap=short, overflow="fold", justify="right" if short and i else "left")
     for row in rows:
         table.add_row(*row)
@@ -462,18 +463,28 @@ class _FolderProgress:
 @app.command("table")
 def table(
     results_file: Path = typer.Argument(Path("rcdm-results.jsonl"), help="A JSON-lines results file written by the evaluate commands."),
-    metric: str = typer.Option("rank", "--metric", help="rank (the faithfulness table) or probe (linear-probe accuracy per layer)."),
+    metric: str = typer.Option("rank", "--metric", help="rank (the faithfulness table), probe (linear-probe accuracy per layer) or attributes (what the samples keep, per attribute)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="With --metric attributes: also draw the bar chart (PNG)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --plot file."),
     json_out: bool = JSON,
 ) -> None:
     """The paper's tables from collected results: rows = encoder and layer, columns
-    mean rank / MRR / top-1 / top-5 (or probe accuracy per layer). The latest record
-    of each row wins."""
-    from rcdm_cli.evaluation.results import probe_rows, rank_rows, read_results
+    mean rank / MRR / top-1 / top-5 (or probe accuracy per layer, or per attribute
+    MRR and spread). The latest record of each row wins."""
+    from rcdm_cli.evaluation.results import attribute_rows, probe_rows, rank_rows, read_results
 
-    if metric not in ("rank", "probe"):
-        raise UsageError(f"--metric must be rank or probe, got {metric!r}")
+    if metric not in ("rank", "probe", "attributes"):
+        raise UsageError(f"--metric must be rank, probe or attributes, got {metric!r}")
+    if plot is not None and metric != "attributes":
+        raise UsageError("--plot draws the attribute chart: use it with --metric attributes")
+    if plot is not None:
+        from rcdm_cli.fileio import check_writable
+
+        check_writable([plot], overwrite)
     records = read_results(results_file)
-    if metric == "rank":
+    if metric == "attributes":
+        rows = attribute_rows(records)
+    elif metric == "rank":
         rows = rank_rows(records)
         columns, cells, caption = _rank_view(rows)
         title = "faithfulness (rank of the conditioning image)"
@@ -487,6 +498,18 @@ def table(
         title, caption = "linear probe accuracy", None
     if not rows:
         raise UsageError(f"{results_file} holds no {metric} results; run `rcdm evaluate {metric}` with --results {results_file}")
+    if metric == "attributes":
+        from rcdm_cli.cli.attributes import chart_labels, print_attribute_tables
+        from rcdm_cli.evaluation.charts import save_attribute_chart
+
+        if plot is not None:
+            save_attribute_chart(plot, chart_labels(rows))
+            log.info("chart: %s", plot.resolve())
+        if json_out:
+            print_json({"metric": metric, "results_file": str(results_file), "rows": rows})
+        else:
+            print_attribute_tables(rows)
+        return
     if json_out:
         print_json({"metric": metric, "results_file": str(results_file), "rows": rows})
         return

@@ -1,9 +1,12 @@
-"""Augmentations for the invariance measurement.
+"""Augmentations for the invariance measurements (of representations, and of the
+attributes of samples).
 
 The first group is what SSL methods train with (SimCLR/BYOL/DINO-style pipelines),
 so their heads should be invariant to it; the second group they never see. Each
 augmentation is a function (image, rng) -> image with fixed, documented strength, so
-numbers are comparable between encoders.
+numbers are comparable between encoders. ``changes`` names the attributes it is meant
+to change (a zoom crop the foreground's scale, grayscale the grayscale status), which
+``evaluate attributes --augment`` shows first.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ class Augmentation:
     description: str
     trained: bool
     apply: Callable[[Image.Image, np.random.Generator], Image.Image]
+    changes: tuple[str, ...] = ()
 
 
 def _resized_crop(area: float) -> Callable[[Image.Image, np.random.Generator], Image.Image]:
@@ -67,23 +71,39 @@ def _shift_down(fraction: float) -> Callable[[Image.Image, np.random.Generator],
     return apply
 
 
+_ZOOM = ("fg-scale", "scene-size")
+
 AUGMENTATIONS: dict[str, Augmentation] = {
     a.name: a
     for a in (
-        Augmentation("crop-0.8", "random resized crop, 80% of the area", True, _resized_crop(0.8)),
-        Augmentation("crop-0.5", "random resized crop, 50% of the area", True, _resized_crop(0.5)),
-        Augmentation("crop-0.2", "random resized crop, 20% of the area", True, _resized_crop(0.2)),
-        Augmentation("hflip", "horizontal flip", True, lambda im, rng: ImageOps.mirror(im)),
-        Augmentation("color-jitter", "brightness/contrast/saturation 0.4, hue 0.1", True, _color_jitter),
-        Augmentation("grayscale", "grayscale", True, lambda im, rng: ImageOps.grayscale(im).convert("RGB")),
+        Augmentation("crop-0.8", "random resized crop, 80% of the area", True, _resized_crop(0.8), _ZOOM),
+        Augmentation("crop-0.5", "random resized crop, 50% of the area", True, _resized_crop(0.5), _ZOOM),
+        Augmentation("crop-0.2", "random resized crop, 20% of the area", True, _resized_crop(0.2), _ZOOM),
+        Augmentation("hflip", "horizontal flip", True, lambda im, rng: ImageOps.mirror(im), ("fg-x", "scene-x")),
+        Augmentation(
+            "color-jitter", "brightness/contrast/saturation 0.4, hue 0.1", True, _color_jitter,
+            ("hue", "colourfulness", "brightness", "contrast"),
+        ),
+        Augmentation(
+            "grayscale", "grayscale", True, lambda im, rng: ImageOps.grayscale(im).convert("RGB"),
+            ("grayscale", "colourfulness", "scene-gray"),
+        ),
         Augmentation(
             "blur", "Gaussian blur, sigma 1 to 2 (of 224 px)", True,
-            lambda im, rng: im.filter(ImageFilter.GaussianBlur(rng.uniform(1.0, 2.0) * max(im.size) / 224)),
+            lambda im, rng: im.filter(ImageFilter.GaussianBlur(rng.uniform(1.0, 2.0) * max(im.size) / 224)), ("detail",),
         ),
-        Augmentation("solarize", "solarisation above 128", True, lambda im, rng: ImageOps.solarize(im, 128)),
-        Augmentation("vshift", "shift down by 25% (black fill)", False, _shift_down(0.25)),
-        Augmentation("rotate-30", "rotation by 30 degrees", False, lambda im, rng: im.rotate(30, Image.BICUBIC)),
-        Augmentation("rotate-90", "rotation by 90 degrees", False, lambda im, rng: im.rotate(90, expand=True)),
+        Augmentation(
+            "solarize", "solarisation above 128", True, lambda im, rng: ImageOps.solarize(im, 128),
+            ("brightness", "colour-histogram"),
+        ),
+        Augmentation("vshift", "shift down by 25% (black fill)", False, _shift_down(0.25), ("fg-y", "scene-y")),
+        Augmentation(
+            "rotate-30", "rotation by 30 degrees (black corners)", False, lambda im, rng: im.rotate(30, Image.BICUBIC),
+            ("background-colour",),
+        ),
+        Augmentation(
+            "rotate-90", "rotation by 90 degrees", False, lambda im, rng: im.rotate(90, expand=True), ("fg-x", "fg-y")
+        ),
     )
 }
 

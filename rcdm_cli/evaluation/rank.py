@@ -77,7 +77,13 @@ def ranks(sample_reps: torch.Tensor, cond_reps: torch.Tensor, metric: str = "cos
     n, k, d = sample_reps.shape
     if cond_reps.shape != (n, d):
         raise ValueError(f"conditioning reps must be ({n}, {d}), got {tuple(cond_reps.shape)}")
-    sims = similarity(sample_reps.reshape(n * k, d), cond_reps, metric)  # (N*K, N)
+    return rank_table(similarity(sample_reps.reshape(n * k, d), cond_reps, metric), n, k)
+
+
+def rank_table(sims: torch.Tensor, n: int, k: int) -> RankTable:
+    """The rank table from (N*K, N) similarities (larger is closer) of each sample,
+    conditioning image n's samples first, to the N conditioning images: the one
+    place where ties are decided, whatever the similarity measures."""
     rows = torch.arange(n * k)
     truth = torch.arange(n).repeat_interleave(k)
     own = sims[rows, truth][:, None]

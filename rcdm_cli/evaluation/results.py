@@ -104,3 +104,19 @@ def probe_rows(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
                 layers.append(layer)
             row["val_top1"][layer] = ((result or {}).get("val") or {}).get("top1")
     return list(rows.values()), layers
+
+
+def attribute_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The attribute records, one per encoder, layer and checkpoint, the latest
+    winning, in the order they first appear."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    for r in records:
+        if r.get("metric") != "attributes" or not isinstance(r.get("attributes"), dict):
+            continue
+        key = (r.get("encoder"), r.get("layer"), (r.get("checkpoint") or {}).get("spec"))
+        if key in rows:
+            rows[key] = {**r, "_order": rows[key]["_order"]}
+        else:
+            rows[key] = {**r, "_order": len(rows)}
+    ordered = sorted(rows.values(), key=lambda row: row["_order"])
+    return [{k: v for k, v in row.items() if k != "_order"} for row in ordered]

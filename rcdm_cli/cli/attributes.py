@@ -1,0 +1,257 @@
+"""``rcdm attributes`` (what attributes are installed) and ``rcdm evaluate
+attributes`` (which of them the samples of one or more RCDMs keep)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from rcdm_cli.cli.console import log, print_json, settings
+from rcdm_cli.cli.downloads import download_progress
+from rcdm_cli.cli.sample import BATCH, COMPILE, ENCODER, ETA, LAYER, PRECISION, PREPROCESSING, SAMPLER, SEED, STEPS, WEIGHTS
+from rcdm_cli.errors import UsageError
+
+
+def complete_attribute(incomplete: str) -> list[str]:
+    from rcdm_cli.encoders import get_registry
+
+    registry = get_registry()
+    names = list(registry.attributes) + sorted({e.spec.group for e in registry.attributes.values()})
+    return [n for n in names if n.startswith(incomplete)]
+
+
+def complete_augmentation(incomplete: str) -> list[str]:
+    from rcdm_cli.evaluation.augmentations import AUGMENTATIONS
+
+    return [n for n in AUGMENTATIONS if n.startswith(incomplete)]
+
+
+def attributes(
+    name: Optional[str] = typer.Argument(None, help="Show one attribute's formula.", autocompletion=complete_attribute),
+    json_out: bool = typer.Option(False, "--json", help="Print the list as JSON on stdout."),
+) -> None:
+    """List the installed visual attributes that `rcdm evaluate attributes` measures:
+    group, kind, whether measured by default, plugin."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rcdm_cli.encoders import get_registry
+
+    registry = get_registry()
+    entries = registry.attributes
+    if name is not None:
+        registry.attribute(name)  # an unknown name is an error listing what there is
+        entries = {name: entries[name]}
+    rows = [
+        {
+            "name": n, "group": e.spec.group, "kind": e.spec.kind, "width": e.spec.width, "default": e.spec.default,
+            "categories": list(e.spec.categories), "components": list(e.spec.components),
+            "description": e.spec.description, "formula": e.spec.formula, "plugin": e.plugin,
+        }
+        for n, e in entries.items()
+    ]
+    if json_out:
+        print_json({"attributes": rows, "failed_plugins": registry.failed})
+        return
+    console = Console(soft_wrap=name is not None)
+    if name is not None:
+        row = rows[0]
+        console.print(f"{row['name']}: {row['description']}", markup=False, highlight=False)
+        kind = row["kind"] + (f" ({', '.join(row['categories'])})" if row["categories"] else "")
+        kind += f", {row['width']} values" if row["kind"] == "vector" else ""
+        console.print(f"group {row['group']}, {kind}, {'measured' if row['default'] else 'not measured'} by default; "
+                      f"plugin {row['plugin']}", markup=False, highlight=False)
+        if row["formula"]:
+            console.print("\n" + row["formula"], markup=False, highlight=False)
+    else:
+        table = Table(title="attributes (rcdm evaluate attributes --attribute NAME or GROUP)")
+        for column in ("name", "group", "kind", "default", "description"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(row["name"], row["group"], row["kind"], "yes" if row["default"] else "", row["description"])
+        console.print(table)
+    for plugin, problem in registry.failed.items():
+        log.warning("plugin %s failed to load: %s", plugin, problem)
+
+
+def evaluate_attributes(
+    data: Path = typer.Argument(..., help="Conditioning images: a folder, file or glob, or - to read paths from stdin."),
+    checkpoint: Optional[List[str]] = typer.Option(
+        None, "--checkpoint", "-c",
+        help="released:NAME, a checkpoint file or a run folder; repeat to compare representations "
+        "(default: the released model of --encoder/--layer).",
+    ),
+    encoder: Optional[str] = ENCODER,
+    layer: Optional[str] = LAYER,
+    weights: Optional[Path] = WEIGHTS,
+    preprocessing: Optional[str] = PREPROCESSING,
+    n: int = typer.Option(4, "-n", "--num-samples", help="Samples per conditioning image (K, at least 2)."),
+    attribute: Optional[List[str]] = typer.Option(
+        None, "--attribute", help="An attribute or a group (image, scene); repeat (default: the image group).",
+        autocompletion=complete_attribute,
+    ),
+    augment: Optional[List[str]] = typer.Option(
+        None, "--augment", "--augmentation",
+        help="Also condition on this augmentation of each image; repeat (the augmentations of `rcdm evaluate invariance`).",
+        autocompletion=complete_augmentation,
+    ),
+    max_images: Optional[int] = typer.Option(None, "--max-images", help="Use the first N images only."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the numbers as a bar chart (PNG)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --plot file."),
+    sampler: str = SAMPLER,
+    steps: str = STEPS,
+    eta: Optional[float] = ETA,
+    seed: int = SEED,
+    batch_size: int = BATCH,
+    precision: str = PRECISION,
+    compile_: bool = COMPILE,
+    results: Path = typer.Option(Path("rcdm-results.jsonl"), "--results", help="JSON-lines file the results are appended to (one record per representation)."),
+    no_results: bool = typer.Option(False, "--no-results", help="Do not append to the results file."),
+    json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """Which visual attributes the samples keep: per attribute and representation, the
+    rank of the conditioning image by attribute distance to its samples (MRR against
+    chance) and the spread of the attribute among one image's samples (0: fixed by the
+    representation, 1: free). With --augment, how much of each augmentation's change
+    the samples carry."""
+    from rcdm_cli.cli.common import encode_with_status, sample_with_progress
+    from rcdm_cli.cli.evaluate import _images
+    from rcdm_cli.devices import resolve_device
+    from rcdm_cli.evaluation.attributes import check_augmentations, measure_attributes, select_attributes
+    from rcdm_cli.evaluation.charts import save_attribute_chart
+    from rcdm_cli.evaluation.results import append_result
+    from rcdm_cli.fileio import check_writable
+    from rcdm_cli.inputs import load_image
+    from rcdm_cli.pipeline.runner import RCDMRun
+    from rcdm_cli.pipeline.sampling import SamplingOptions
+
+    specs = select_attributes(attribute)
+    augs = check_augmentations(augment or [])
+    if n < 2:
+        raise UsageError(f"-n must be at least 2 (the spread compares samples of one image), got {n}")
+    paths = _images(data, max_images)
+    if len(paths) < 2:
+        raise UsageError("measuring attributes needs at least two conditioning images")
+    if plot is not None:
+        check_writable([plot], overwrite)
+    checkpoints = list(dict.fromkeys(checkpoint or [None]))
+    if len(checkpoints) > 1 and (encoder or layer or weights or preprocessing):
+        raise UsageError("--encoder, --layer, --weights and --preprocessing apply to one --checkpoint; each checkpoint brings its own")
+    device = resolve_device(settings.device)
+    runs = [
+        RCDMRun.prepare(
+            checkpoint=c, encoder=encoder, layer=layer, weights=weights, preprocessing=preprocessing, device=device,
+            download_progress=download_progress(),
+        )
+        for c in checkpoints
+    ]
+    options = SamplingOptions(
+        sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_
+    )
+    steps_per_sample = [run.check(None, n, options).num_timesteps for run in runs]  # every request checked before work
+    pictures = [load_image(p) for p in paths]
+    records = []
+    for run, calls in zip(runs, steps_per_sample):
+        measured = measure_attributes(
+            run, pictures, specs, n, options, augmentations=augs,
+            sample=lambda reps, count, opts, run=run, calls=calls: sample_with_progress(run, reps, count, opts, calls),
+            encode=lambda images, run=run: encode_with_status(run, images, batch_size),
+            event=lambda message: log.info("%s", message),
+        )
+        record = attribute_record(run, measured, paths, options, n)
+        records.append(append_result(None if no_results else results, record))
+    if plot is not None:
+        save_attribute_chart(plot, chart_labels(records))
+    if json_out:
+        print_json({"metric": "attributes", "representations": records, "plot": str(plot) if plot else None})
+    else:
+        print_attribute_tables(records)
+    if not no_results:
+        log.info("appended %d record(s) to %s", len(records), results)
+    if plot is not None:
+        log.info("chart: %s", plot.resolve())
+
+
+def attribute_record(run, measured, paths, options, n: int) -> dict:
+    """One representation's result, as appended to the results file."""
+    return {
+        "metric": "attributes",
+        "label": f"{run.plan.encoder}/{run.plan.layer}",
+        "checkpoint": run.checkpoint_info(),
+        "encoder": run.plan.encoder,
+        "weights": run.encoder_info().get("weights"),
+        "layer": run.plan.layer,
+        "images": len(paths),
+        "samples_per_image": n,
+        "attributes": measured.scores,
+        "augmentations": measured.augmentations,
+        "sampling": {**options.to_dict(), "network_calls": measured.network_calls},
+        "image_paths": [str(p) for p in paths],
+    }
+
+
+def _cell(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_attribute_tables(records: list[dict]) -> None:
+    """The attribute table (rows: attributes; a column per representation: MRR and
+    spread) and, with augmentations, the carried table, each within 80 columns."""
+    from rcdm_cli.cli.evaluate import _print_table
+
+    labels = _labels(records)
+    attributes = list(dict.fromkeys(a for r in records for a in r["attributes"]))
+    columns = ["attribute"] + [f"{label}\nMRR / spread" for label in labels]
+    rows = []
+    for name in attributes:
+        row = [name]
+        for r in records:
+            score = r["attributes"].get(name) or {}
+            row.append(f"{_cell(score.get('mrr'), 3)} / {_cell(score.get('spread'))}")
+        rows.append(row)
+    first = {key: (next(iter(r["attributes"].values()), None) or {}).get(key) for r in records for key in ("chance_mrr", "chance_spread")}
+    shared = {(r.get("images"), r.get("samples_per_image")) for r in records}
+    caption = "spread: 0 = fixed by the representation, 1 = free"
+    if len(shared) == 1:
+        images, k = next(iter(shared))
+        caption = (f"{images} images × {k} samples; chance: MRR {_cell(first['chance_mrr'], 3)}, "
+                   f"spread {_cell(first['chance_spread'])}; " + caption)
+    _print_table("what the samples keep (retrieval by attribute, spread)", columns, rows, caption, whole=(0,))
+
+    pairs = list(dict.fromkeys(
+        (aug, attr) for r in records for aug, block in (r.get("augmentations") or {}).items()
+        for attr in block["attributes"] if attr in block.get("changes", [])
+    ))
+    if not pairs:
+        return
+    columns = ["augmentation:\nattribute"] + [f"{label}\ncarried [95% CI]" for label in labels]
+    rows = []
+    for aug, attr in pairs:
+        row = [f"{aug}:\n{attr}"]
+        for r in records:
+            found = ((r.get("augmentations") or {}).get(aug) or {}).get("attributes", {}).get(attr) or {}
+            carried = found.get("carried")
+            row.append("-" if carried is None else f"{carried:.2f}\n[{found['ci_low']:.2f}, {found['ci_high']:.2f}]")
+        rows.append(row)
+    _print_table(
+        "what the samples carry of each augmentation", columns, rows,
+        "carried: the samples' change of the attribute over the image's (1 = not invariant, 0 = invariant)", whole=(0,),
+    )
+
+
+def chart_labels(records: list[dict]) -> list[dict]:
+    """The records with the labels the tables use, for the chart's legend."""
+    return [{**r, "label": label} for r, label in zip(records, _labels(records))]
+
+
+def _labels(records: list[dict]) -> list[str]:
+    """encoder/layer, with the checkpoint's name where two records share one."""
+    from rcdm_cli.cli.evaluate import _short_checkpoint
+
+    plain = [r.get("label") or f"{r.get('encoder')}/{r.get('layer')}" for r in records]
+    return [
+        f"{p} ({_short_checkpoint((r.get('checkpoint') or {}).get('spec'))})" if plain.count(p) > 1 else p
+        for p, r in zip(plain, records)
+    ]
