@@ -106,7 +106,8 @@ def _details(row: dict, console) -> None:
         else:
             default = " (default)" if w["default"] else ""
             console.print(f"  weights {row['name']}@{w['name']}{default}: {w['description']}")
-        console.print(f"    {w['url']}")
+        # sources without an address: the thumbnail's (nothing to load), shipped files, --weights
+        console.print(f"    {w['url'] or 'no download'}")
         console.print(f"    licence: {w['license']}")
         console.print(f"    check: {w['integrity']}")
         if w["preprocessing_description"]:

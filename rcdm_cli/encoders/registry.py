@@ -179,6 +179,15 @@ class EncoderRegistry:
             raise UsageError(f"encoder {spec.name!r} has no published weights {parsed.variant!r}; it has: {names}")
         return entry, parsed
 
+    def display_name(self, name: str | EncoderName) -> str:
+        """The name a reader needs: ``NAME@WEIGHTS`` only when the weights are not the
+        encoder's default ones (``supervised@v2``, but ``dino`` for dino's own)."""
+        entry, parsed = self.get(name)
+        default = entry.spec.weight_source(None)
+        if parsed.variant and default is not None and parsed.variant == default.name:
+            parsed = EncoderName(parsed.base, None, parsed.argument)
+        return str(parsed)
+
     def names(self) -> list[str]:
         return [n + (":MODEL" if r.spec.family else "") for n, r in self.specs.items()]
 
