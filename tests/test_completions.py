@@ -35,6 +35,11 @@ def test_completion_callback_lists_commands(monkeypatch, capsys):
         ("rcdm encode x --encoder su", 4, {"supervised", "supervised@v2"}),
         ("rcdm encode x --encoder supervised --layer ", 6, {"backbone", "layer3", "logits"}),
         ("rcdm evaluate probe a b --encoder dino-v", 6, {"dino-vits16", "dino-vitb16"}),
+        ("rcdm evaluate attributes x --attribute scene-s", 5, {"scene-shape", "scene-size"}),
+        ("rcdm evaluate attributes x --attribute fg", 5, {"fg-x", "fg-y", "fg-scale"}),
+        ("rcdm evaluate attributes x --attribute ima", 5, {"image"}),
+        ("rcdm evaluate attributes x --augment gr", 5, {"grayscale"}),
+        ("rcdm attributes colo", 2, {"colourfulness", "colour-histogram"}),
     ],
 )
 def test_encoder_names_and_layers_complete_dynamically(monkeypatch, capsys, words, cword, expected):

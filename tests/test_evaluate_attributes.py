@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from conftest import make_tiny_state
@@ -19,7 +18,7 @@ from rcdm_cli.cli.app import run
 from rcdm_cli.diffusion import PRESETS
 from rcdm_cli.encoders import AttributeSpec, get_registry, hookimpl, reset_registry
 from rcdm_cli.errors import RcdmError, UsageError
-from rcdm_cli.evaluation.attributes import carried, retrieval, select_attributes, spread
+from rcdm_cli.evaluation.attributes import carried, intervals, retrieval, select_attributes, spread
 from rcdm_cli.evaluation.rank import chance
 from rcdm_cli.preprocessing import RCDM
 
@@ -101,6 +100,23 @@ def test_the_bootstrap_interval_is_reproducible():
     samples = rng.normal(size=(10, 3, 1))
     aug = samples + 0.3 * change[:, None] + rng.normal(size=(10, 3, 1))
     assert carried(cond, cond + change, samples, aug, seed=5) == carried(cond, cond + change, samples, aug, seed=5)
+
+
+def test_intervals_hold_the_estimates_and_shrink_with_more_images():
+    rng = np.random.default_rng(4)
+
+    def data(n):
+        cond = rng.normal(size=(n, 2))
+        return cond, cond[:, None] + rng.normal(size=(n, 4, 2)) * 0.8
+
+    small, large = intervals(*data(10)), intervals(*data(200))
+    cond, samples = data(30)
+    ci = intervals(cond, samples)
+    assert ci["mrr_ci"][0] <= retrieval(cond, samples)["mrr"] <= ci["mrr_ci"][1]
+    assert ci["spread_ci"][0] <= spread(cond, samples)["spread"] <= ci["spread_ci"][1]
+    width = lambda c, key: c[key][1] - c[key][0]  # noqa: E731
+    assert width(large, "spread_ci") < width(small, "spread_ci") / 2
+    assert intervals(cond, samples, seed=1) == intervals(cond, samples, seed=1)
 
 
 # --- the plugin hook --------------------------------------------------------------------------
@@ -228,7 +244,8 @@ def test_command_json_schema_results_table_and_chart(capsys, toy_attributes, tmp
         assert set(record["attributes"]) == {"redness", "darkness"}
         for name, score in record["attributes"].items():
             for key in ("mean_rank", "mrr", "top1", "top5", "chance_mean_rank", "chance_mrr", "chance_top1", "spread",
-                        "chance_spread", "within_variance", "total_variance", "image_variance", "images", "samples_per_image"):
+                        "chance_spread", "within_variance", "total_variance", "image_variance", "images", "samples_per_image",
+                        "mrr_ci", "spread_ci"):
                 assert key in score, (name, key)
             assert score["images"] == 4 and score["samples_per_image"] == 2 and score["chance_mrr"] == pytest.approx(chance(4)["chance_mrr"])
             assert 1 <= score["mean_rank"] <= 4 and (score["spread"] is None or 0 <= score["spread"] <= 1)

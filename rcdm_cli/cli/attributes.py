@@ -8,24 +8,11 @@ from typing import List, Optional
 
 import typer
 
+from rcdm_cli.cli.completion import complete_attribute, complete_augmentation
 from rcdm_cli.cli.console import log, print_json, settings
 from rcdm_cli.cli.downloads import download_progress
 from rcdm_cli.cli.sample import BATCH, COMPILE, ENCODER, ETA, LAYER, PRECISION, PREPROCESSING, SAMPLER, SEED, STEPS, WEIGHTS
 from rcdm_cli.errors import UsageError
-
-
-def complete_attribute(incomplete: str) -> list[str]:
-    from rcdm_cli.encoders import get_registry
-
-    registry = get_registry()
-    names = list(registry.attributes) + sorted({e.spec.group for e in registry.attributes.values()})
-    return [n for n in names if n.startswith(incomplete)]
-
-
-def complete_augmentation(incomplete: str) -> list[str]:
-    from rcdm_cli.evaluation.augmentations import AUGMENTATIONS
-
-    return [n for n in AUGMENTATIONS if n.startswith(incomplete)]
 
 
 def attributes(
@@ -176,9 +163,11 @@ def evaluate_attributes(
 
 def attribute_record(run, measured, paths, options, n: int) -> dict:
     """One representation's result, as appended to the results file."""
+    from rcdm_cli.encoders import get_registry
+
     return {
         "metric": "attributes",
-        "label": f"{run.plan.encoder}/{run.plan.layer}",
+        "label": f"{get_registry().display_name(run.plan.encoder)}/{run.plan.layer}",
         "checkpoint": run.checkpoint_info(),
         "encoder": run.plan.encoder,
         "weights": run.encoder_info().get("weights"),

@@ -54,10 +54,9 @@ def _plugins_fingerprint() -> list:
     return key
 
 
-def encoder_catalog() -> list[dict]:
-    """Encoder names, weights and layers for completion. Listing them means importing
-    every plugin and PyTorch, seconds per TAB; so they are cached under ``RCDM_HOME``
-    and recomputed whenever an installed plugin changes."""
+def _cached(name: str, compute) -> list[dict]:
+    """``compute()`` (which imports every plugin and PyTorch: seconds per TAB), kept
+    under ``RCDM_HOME`` and recomputed whenever an installed plugin changes."""
     import json
 
     from rcdm_cli.checkpoint.download import cache_path
@@ -65,30 +64,55 @@ def encoder_catalog() -> list[dict]:
     from rcdm_cli.fileio import write_json
 
     key = _plugins_fingerprint()
-    path = cache_path("completion", "encoders.json")
+    path = cache_path("completion", f"{name}.json")
     try:
         cached = json.loads(path.read_text())
         if cached.get("key") == key:
-            return cached["encoders"]
+            return cached[name]
     except (OSError, ValueError, AttributeError, KeyError):
         pass
-    from rcdm_cli.encoders import get_registry
-
-    rows = [
-        {
-            "name": row["name"],
-            "description": row["description"],
-            "family": row["family"],
-            "weights": [[w["name"], w["description"]] for w in row["weights"]],
-            "layers": {k: [v["dim"], v["description"]] for k, v in row["layers"].items()},
-        }
-        for row in get_registry().catalog()
-    ]
+    rows = compute()
     try:
-        write_json(path, {"key": key, "encoders": rows})
+        write_json(path, {"key": key, name: rows})
     except (OSError, RcdmError):  # a read-only cache only costs speed
         pass
     return rows
+
+
+def encoder_catalog() -> list[dict]:
+    """Encoder names, weights and layers for completion."""
+
+    def compute() -> list[dict]:
+        from rcdm_cli.encoders import get_registry
+
+        return [
+            {
+                "name": row["name"],
+                "description": row["description"],
+                "family": row["family"],
+                "weights": [[w["name"], w["description"]] for w in row["weights"]],
+                "layers": {k: [v["dim"], v["description"]] for k, v in row["layers"].items()},
+            }
+            for row in get_registry().catalog()
+        ]
+
+    return _cached("encoders", compute)
+
+
+def attribute_catalog() -> list[list[str]]:
+    """Attribute names and group names, each with a description, for completion."""
+
+    def compute() -> list[list[str]]:
+        from rcdm_cli.encoders import get_registry
+        from rcdm_cli.encoders.attributes import GROUPS_DOC
+
+        entries = get_registry().attributes
+        groups = sorted({e.spec.group for e in entries.values()})
+        return [[n, e.spec.description] for n, e in entries.items()] + [
+            [g, f"group: {GROUPS_DOC.get(g, 'every attribute of this group')}"] for g in groups if g not in entries
+        ]
+
+    return _cached("attributes", compute)
 
 
 def complete_encoder(incomplete: str) -> list[tuple[str, str]]:
@@ -138,3 +162,18 @@ def complete_checkpoint(incomplete: str) -> list[tuple[str, str]]:
     names = [(f"released:{n}", c.description) for n, c in RELEASED.items()]
     names += [(f"init:{n}", p.description) for n, p in PRESETS.items()]
     return [(n, h) for n, h in names if n.startswith(incomplete)]
+
+
+def complete_attribute(incomplete: str) -> list[tuple[str, str]]:
+    """Installed attribute names and their groups."""
+    try:
+        rows = attribute_catalog()
+    except Exception:  # completion must never fail loudly
+        return []
+    return [(n, h) for n, h in rows if n.startswith(incomplete)]
+
+
+def complete_augmentation(incomplete: str) -> list[tuple[str, str]]:
+    from rcdm_cli.evaluation.augmentations import AUGMENTATIONS
+
+    return [(n, a.description) for n, a in AUGMENTATIONS.items() if n.startswith(incomplete)]

@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from rcdm_cli.cli.completion import complete_encoder, complete_layer
+from rcdm_cli.cli.completion import complete_augmentation, complete_encoder, complete_layer
 from rcdm_cli.cli.console import log, print_json, settings, status
 from rcdm_cli.cli.downloads import download_progress
 from rcdm_cli.cli.sample import (
@@ -200,7 +200,7 @@ def invariance(
     layer: List[str] = typer.Option(None, "--layer", "-l", help="Layer; repeat (default: backbone and head where it exists).", autocompletion=complete_layer),
     weights: Optional[Path] = WEIGHTS,
     preprocessing: str = typer.Option("native", "--preprocessing", help="native or rcdm."),
-    augmentation: List[str] = typer.Option(None, "--augmentation", "-a", help="Augmentation; repeat (default: all)."),
+    augmentation: List[str] = typer.Option(None, "--augmentation", "-a", help="Augmentation; repeat (default: all).", autocompletion=complete_augmentation),
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Use the first N images only."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="Also sample an RCDM per augmentation of the first image."),
     n: int = typer.Option(4, "-n", "--num-samples", help="Samples per augmentation with --checkpoint."),

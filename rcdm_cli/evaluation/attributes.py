@@ -31,7 +31,7 @@ against the images' change: sum_i <dI_i, dS_i> / sum_i |dI_i|^2, with dI_i the c
 of image i's attribute under the augmentation and dS_i the mean change of its samples'.
 1: the samples follow the augmented view (the representation is not invariant to the
 augmentation); 0: they do not change (it is). A 95% interval comes from a bootstrap
-over images.
+over images; the MRR and the spread get one too.
 """
 
 from __future__ import annotations
@@ -175,15 +175,39 @@ def _means(spec: AttributeSpec, vectors: np.ndarray) -> float | None:
     return None if value is None else float(value.mean())
 
 
-def score_attribute(spec: AttributeSpec, cond: np.ndarray, samples: np.ndarray) -> dict:
+def intervals(cond: np.ndarray, samples: np.ndarray, seed: int = 0) -> dict:
+    """95% bootstrap intervals (over conditioning images) of the MRR and the spread.
+    The ranks are kept as they were among all N images, so the MRR's interval is
+    that of the mean of per-image reciprocal ranks; the spread is recomputed on each
+    resample from per-image sums."""
+    n, k, d = samples.shape
+    flat = torch.from_numpy(samples.reshape(n * k, d)).double()
+    table = rank_table(-torch.cdist(flat, torch.from_numpy(cond).double()), n, k)
+    reciprocal = table.expected_reciprocal_rank().mean(dim=1).numpy()
+    rng = np.random.default_rng(stream_seed(seed, BOOTSTRAP_TAG, 1))
+    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(BOOTSTRAP)]).astype(np.float64)
+    mrr = counts @ reciprocal / n
+    first = samples.sum(axis=1)  # (N, D)
+    second = (samples**2).sum(axis=(1, 2))  # (N,)
+    within = np.array([((samples[i] - samples[i].mean(axis=0)) ** 2).sum() / k for i in range(n)])
+    size = counts.sum(axis=1) * k
+    mean = counts @ first / size[:, None]
+    total = counts @ second / size - (mean**2).sum(axis=1)
+    ratio = (counts @ within / counts.sum(axis=1))[total > 1e-15] / total[total > 1e-15]
+    spread_ci = np.percentile(ratio, [2.5, 97.5]).tolist() if len(ratio) else [None, None]
+    return {"mrr_ci": np.percentile(mrr, [2.5, 97.5]).tolist(), "spread_ci": spread_ci}
+
+
+def score_attribute(spec: AttributeSpec, cond: np.ndarray, samples: np.ndarray, seed: int = 0) -> dict:
     """Retrieval and spread of one attribute, with what a reader needs alongside:
-    its kind and, where one exists, the mean value on images and samples (a share
-    for a two-category attribute)."""
+    its kind, their bootstrap intervals and, where one exists, the mean value on
+    images and samples (a share for a two-category attribute)."""
     return {
         "kind": spec.kind,
         "group": spec.group,
         **retrieval(cond, samples),
         **spread(cond, samples),
+        **intervals(cond, samples, seed),
         "images_mean": _means(spec, cond),
         "samples_mean": _means(spec, samples),
     }
@@ -213,6 +237,7 @@ class AttributeRun:
     augmentations: dict[str, dict]
     cond_images: np.ndarray  # (N, H, W, 3)
     samples: torch.Tensor  # (N, K, 3, H, W) in [-1, 1]
+    augmented_views: dict[str, np.ndarray]  # the augmented conditioning images, as cond_images
     augmented_samples: dict[str, torch.Tensor]
     network_calls: int
 
@@ -256,9 +281,10 @@ def measure_attributes(
     event(f"computing {len(specs)} attributes on {len(pictures)} images and {len(sample_images)} samples")
     cond_values = {s.name: attribute_values(s, cond_images) for s in specs}
     sample_values = {s.name: attribute_values(s, sample_images).reshape(len(pictures), n, -1) for s in specs}
-    scores = {s.name: score_attribute(s, cond_values[s.name], sample_values[s.name]) for s in specs}
+    scores = {s.name: score_attribute(s, cond_values[s.name], sample_values[s.name], options.seed) for s in specs}
 
     augmented_scores: dict[str, dict] = {}
+    augmented_views: dict[str, np.ndarray] = {}
     augmented_samples: dict[str, torch.Tensor] = {}
     for name in augmentations:
         aug = AUGMENTATIONS[name]
@@ -266,7 +292,7 @@ def measure_attributes(
         event(f"conditioning on the {name} views")
         aug_samples = sample(encode(views), n, options).samples
         augmented_samples[name] = aug_samples
-        aug_cond = conditioning_views(views, size)
+        aug_cond = augmented_views[name] = conditioning_views(views, size)
         aug_sample_images = sample_views(aug_samples)
         per_attribute = {}
         for s in specs:
@@ -279,4 +305,4 @@ def measure_attributes(
             "attributes": per_attribute,
         }
     calls = diffusion.num_timesteps * (1 + len(augmentations))
-    return AttributeRun(scores, augmented_scores, cond_images, samples, augmented_samples, calls)
+    return AttributeRun(scores, augmented_scores, cond_images, samples, augmented_views, augmented_samples, calls)

@@ -19,9 +19,11 @@ from rcdm_cli.fileio import write_bytes
 COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
 
 
-def _grouped(ax, labels: list[str], series: list[tuple[str, list[float | None]]], errors=None) -> None:
+def _grouped(ax, labels: list[str], series: list[tuple[str, list[float | None]]], errors=None) -> list:
     """Horizontal bars: one group per label, one bar per series; a missing value
-    leaves a gap (and is marked so that it is not read as zero)."""
+    leaves a gap (and is marked so that it is not read as zero). Returns one handle
+    per series, for the legend."""
+    handles = []
     count = max(1, len(series))
     height = 0.8 / count
     for s, (name, values) in enumerate(series):
@@ -34,8 +36,8 @@ def _grouped(ax, labels: list[str], series: list[tuple[str, list[float | None]]]
                 [max(0.0, v - lo) if lo is not None and v is not None else 0.0 for v, lo in zip(values, lows)],
                 [max(0.0, hi - v) if hi is not None and v is not None else 0.0 for v, hi in zip(values, highs)],
             ]
-        ax.barh(positions, shown, height=height * 0.95, color=COLOURS[s % len(COLOURS)], label=name, xerr=xerr,
-                error_kw={"elinewidth": 0.8, "capsize": 2})
+        handles.append(ax.barh(positions, shown, height=height * 0.95, color=COLOURS[s % len(COLOURS)], label=name,
+                               xerr=xerr, error_kw={"elinewidth": 0.8, "capsize": 2}))
         for p, v in zip(positions, values):
             if v is None:
                 ax.text(0.01, p, "n/a", va="center", fontsize=7, color="#777777")
@@ -44,6 +46,7 @@ def _grouped(ax, labels: list[str], series: list[tuple[str, list[float | None]]]
     ax.invert_yaxis()
     ax.grid(axis="x", color="#dddddd", linewidth=0.6)
     ax.set_axisbelow(True)
+    return handles
 
 
 def attribute_chart(representations: list[dict[str, Any]], title: str = "What the samples keep") -> bytes:
@@ -74,22 +77,22 @@ def attribute_chart(representations: list[dict[str, Any]], title: str = "What th
     def column(key: str, source: str = "attributes") -> list[tuple[str, list]]:
         return [(r["label"], [(r[source].get(a) or {}).get(key) for a in attributes]) for r in representations]
 
-    _grouped(axes[0], attributes, column("mrr"))
-    chances = {(r["attributes"].get(a) or {}).get("chance_mrr") for r in representations for a in attributes} - {None}
-    for chance in chances:
+    handles = _grouped(axes[0], attributes, column("mrr"))
+    for chance in _chances(representations, attributes, "chance_mrr"):
         axes[0].axvline(chance, color="#333333", linestyle="--", linewidth=0.9)
     axes[0].set_xlim(0, 1)
     counts = sorted({(r.get("images"), r.get("samples_per_image")) for r in representations})
     axes[0].set_title(
-        "Retrieval: MRR of the conditioning image by attribute distance (dashed: chance"
+        "Retrieval: MRR of the image by attribute distance to its samples (dashed: chance"
         + (f"; {counts[0][0]} images × {counts[0][1]} samples" if len(counts) == 1 else "") + ")",
         fontsize=9, loc="left",
     )
     _grouped(axes[1], attributes, column("spread"))
     axes[1].set_xlim(0, 1.05)
-    axes[1].axvline(1.0, color="#333333", linestyle="--", linewidth=0.9)
+    for chance in _chances(representations, attributes, "chance_spread"):
+        axes[1].axvline(chance, color="#333333", linestyle="--", linewidth=0.9)
     axes[1].set_title(
-        "Spread: variation among one image's samples / all samples (0 = fixed by the representation, 1 = free)",
+        "Spread among one image's samples, over all samples (0 = fixed by the representation; dashed: chance)",
         fontsize=9, loc="left",
     )
     if pairs:
@@ -104,15 +107,21 @@ def attribute_chart(representations: list[dict[str, Any]], title: str = "What th
         axes[2].axvline(0.0, color="#333333", linewidth=0.8)
         axes[2].axvline(1.0, color="#333333", linestyle="--", linewidth=0.9)
         axes[2].set_title(
-            "Carried: share of the augmentation's change the samples show (1 = not invariant, 0 = invariant; 95% CI)",
+            "Carried: share of the augmentation's change the samples show (1 = follows it, 0 = invariant; 95% CI)",
             fontsize=9, loc="left",
         )
-    axes[0].legend(names, fontsize=8, loc="lower right", framealpha=0.9)
+    figure.legend(handles, names, fontsize=8, loc="upper right", framealpha=0.9, ncols=min(3, len(names)))
     figure.suptitle(title, fontsize=11, x=0.02, ha="left")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def _chances(representations: list[dict[str, Any]], attributes: list[str], key: str) -> set[float]:
+    """The chance values of one measure (one when every representation was measured
+    on as many images and samples)."""
+    return {(r["attributes"].get(a) or {}).get(key) for r in representations for a in attributes} - {None}
 
 
 def save_attribute_chart(path: str | Path, representations: list[dict[str, Any]], title: str = "What the samples keep") -> Path:
