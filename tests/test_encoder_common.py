@@ -4,6 +4,9 @@ elsewhere), and the native/rcdm preprocessing switch every encoder shares."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -45,7 +48,12 @@ def test_every_weight_source_has_an_address_a_licence_and_a_file_name(specs):
         assert len(names) == len(set(names)), spec.name
         for source in spec.weights:
             where = f"{spec.name}@{source.name}"
-            assert source.url and source.url.startswith("https://"), where
+            if source.url is None:
+                # shipped inside the package: the file is there and its digest is stated
+                assert source.sha256 and "SHA-256" in source.integrity, where
+                assert _shipped_file(spec, source).is_file(), where
+            else:
+                assert source.url.startswith("https://"), where
             assert source.license.strip(), where
             assert source.file_name, where
             assert source.description.strip() and "\n" not in source.description, where
@@ -54,12 +62,19 @@ def test_every_weight_source_has_an_address_a_licence_and_a_file_name(specs):
             assert ("SHA-256" in source.integrity) if hashed else ("Content-Length" in source.integrity), where
 
 
+def _shipped_file(spec, source) -> Path:
+    module = sys.modules[spec.build.__module__]
+    return Path(module.__file__).parent / "weights" / source.file_name
+
+
 def test_one_cached_file_name_is_one_address(specs):
     """Downloads share one cache folder keyed by file name: two addresses ending in
     the same name would overwrite each other."""
     urls: dict[str, str] = {}
     for spec in specs:
         for source in spec.weights:
+            if source.url is None:
+                continue
             seen = urls.setdefault(source.file_name, source.url)
             assert seen == source.url, f"{source.file_name}: {seen} and {source.url}"
 
