@@ -18,7 +18,7 @@ from rcdm_cli.cli.app import run
 from rcdm_cli.diffusion import PRESETS
 from rcdm_cli.encoders import AttributeSpec, get_registry, hookimpl, reset_registry
 from rcdm_cli.errors import RcdmError, UsageError
-from rcdm_cli.evaluation.attributes import carried, intervals, retrieval, select_attributes, spread
+from rcdm_cli.evaluation.attributes import carried, intervals, retrieval, score_attribute, select_attributes, spread
 from rcdm_cli.evaluation.rank import chance
 from rcdm_cli.preprocessing import RCDM
 
@@ -62,6 +62,9 @@ def test_a_category_that_takes_one_value_ties_everywhere_at_chance():
     r = retrieval(cond, samples)
     assert r["mean_rank"] == pytest.approx(3.0) and r["mrr"] == pytest.approx(chance(5)["chance_mrr"])
     assert r["tied_samples"] == 15
+    spec = AttributeSpec("c", "", lambda x: x, categories=("a", "b"))
+    two = np.eye(2)[[0, 0, 1, 1]]  # two pairs of images that share their category
+    assert score_attribute(spec, two, np.repeat(two[:, None], 2, axis=1))["ceiling_mrr"] == pytest.approx((1 + 1 / 2) / 2)
     assert spread(cond, samples)["spread"] is None  # nothing varies: the ratio is undefined
 
 
@@ -245,7 +248,7 @@ def test_command_json_schema_results_table_and_chart(capsys, toy_attributes, tmp
         for name, score in record["attributes"].items():
             for key in ("mean_rank", "mrr", "top1", "top5", "chance_mean_rank", "chance_mrr", "chance_top1", "spread",
                         "chance_spread", "within_variance", "total_variance", "image_variance", "images", "samples_per_image",
-                        "mrr_ci", "spread_ci"):
+                        "mrr_ci", "spread_ci", "ceiling_mrr"):
                 assert key in score, (name, key)
             assert score["images"] == 4 and score["samples_per_image"] == 2 and score["chance_mrr"] == pytest.approx(chance(4)["chance_mrr"])
             assert 1 <= score["mean_rank"] <= 4 and (score["spread"] is None or 0 <= score["spread"] <= 1)
@@ -271,6 +274,24 @@ def test_command_json_schema_results_table_and_chart(capsys, toy_attributes, tmp
     assert (tmp_path / "again.png").is_file()
     code, out, err = rcdm(capsys, "evaluate", "table", results, "--metric", "attributes", "--json")
     assert code == 0 and len(json.loads(out)["rows"]) == 2
+
+
+def test_real_photographs_get_every_default_attribute_with_chance_values(capsys, tmp_path):
+    """The five public-domain photographs of tests/data/photos, an RCDM on the
+    thumbnail encoder: every built-in image attribute is measured, with its chance."""
+    photos = Path(__file__).parent / "data" / "photos"
+    code, out, err = rcdm(capsys, "evaluate", "attributes", photos, "-c", _checkpoint(tmp_path / "a.safetensors"), *FAST,
+                          "--no-results", "--json")
+    assert code == 0, err
+    (record,) = json.loads(out)["representations"]
+    assert record["images"] == 5 and len(record["image_paths"]) == 5
+    expected = {"colourfulness", "grayscale", "background-colour", "colour-histogram", "brightness", "contrast", "detail",
+                "hue", "fg-x", "fg-y", "fg-scale"}
+    assert set(record["attributes"]) == expected
+    for score in record["attributes"].values():
+        assert score["chance_mrr"] == pytest.approx(chance(5)["chance_mrr"]) and score["chance_mean_rank"] == 3
+        assert 0.2 <= score["mrr"] <= 1
+    assert record["attributes"]["grayscale"]["images_mean"] == 0  # the photographs are in colour
 
 
 @pytest.mark.parametrize(

@@ -192,17 +192,18 @@ def print_attribute_tables(records: list[dict]) -> None:
 
     labels = _labels(records)
     attributes = list(dict.fromkeys(a for r in records for a in r["attributes"]))
-    columns = ["attribute"] + [f"{label}\nMRR / spread" for label in labels]
+    columns = ["attribute", "MRR\nceiling"] + [f"{_header(label)}\nMRR / spread" for label in labels]
     rows = []
     for name in attributes:
-        row = [name]
+        ceilings = {(r["attributes"].get(name) or {}).get("ceiling_mrr") for r in records} - {None}
+        row = [name, _cell(ceilings.pop(), 3) if len(ceilings) == 1 else "-"]
         for r in records:
             score = r["attributes"].get(name) or {}
             row.append(f"{_cell(score.get('mrr'), 3)} / {_cell(score.get('spread'))}")
         rows.append(row)
     first = {key: (next(iter(r["attributes"].values()), None) or {}).get(key) for r in records for key in ("chance_mrr", "chance_spread")}
     shared = {(r.get("images"), r.get("samples_per_image")) for r in records}
-    caption = "spread: 0 = fixed by the representation, 1 = free"
+    caption = "MRR ceiling: samples that reproduce the attribute exactly (images that share it tie); spread: 0 = fixed by the representation, 1 = free"
     if len(shared) == 1:
         images, k = next(iter(shared))
         caption = (f"{images} images × {k} samples; chance: MRR {_cell(first['chance_mrr'], 3)}, "
@@ -215,7 +216,7 @@ def print_attribute_tables(records: list[dict]) -> None:
     ))
     if not pairs:
         return
-    columns = ["augmentation:\nattribute"] + [f"{label}\ncarried [95% CI]" for label in labels]
+    columns = ["augmentation:\nattribute"] + [f"{_header(label)}\ncarried [95% CI]" for label in labels]
     rows = []
     for aug, attr in pairs:
         row = [f"{aug}:\n{attr}"]
@@ -228,6 +229,15 @@ def print_attribute_tables(records: list[dict]) -> None:
         "what the samples carry of each augmentation", columns, rows,
         "carried: the samples' change of the attribute over the image's (1 = not invariant, 0 = invariant)", whole=(0,),
     )
+
+
+def _header(label: str, width: int = 16) -> str:
+    """A representation's name over lines of at most ``width`` characters (numbers
+    never break, so a column is as wide as its header's longest line): broken after
+    each '/', long parts folded."""
+    parts = [p + "/" for p in label.split("/")[:-1]] + [label.split("/")[-1]]
+    lines = [part[i : i + width] for part in parts for i in range(0, len(part), width)]
+    return "\n".join(lines)
 
 
 def chart_labels(records: list[dict]) -> list[dict]:

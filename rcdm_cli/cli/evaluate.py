@@ -51,7 +51,11 @@ def _print_table(title: str, columns, rows, caption: str | None = None, whole: t
         # numbers (and the columns in ``whole``) never break; names and paths fold (not
         # "…") when 80 columns are too few
         short = i in whole or all(len(r[i]) <= 14 for r in rows)
-        table.add_column(c, no_wrap=short, overflow="fold", justify="right" if short and i else "left")
+        widest = max((len(line) for r in rows for line in r[i].splitlines()), default=0)
+        table.add_column(
+            c, no_wrap=short, overflow="fold", justify="right" if short and i else "left",
+            min_width=widest if i in whole else None,
+        )
     for row in rows:
         table.add_row(*row)
     # a terminal's width is respected; a log file or a pipe gets the whole table

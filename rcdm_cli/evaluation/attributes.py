@@ -9,7 +9,9 @@ samples of each:
 - **retrieval**: for each sample, the N conditioning images are ranked by attribute
   distance to it, and the rank of its own image is kept (mean rank, MRR, top-1/top-5,
   ties at their expected rank, exactly as ``evaluate rank``). Better than chance means
-  that image-specific information about the attribute survives in the samples.
+  that image-specific information about the attribute survives in the samples. Images
+  that share the attribute tie, so ``ceiling_mrr``, the MRR of samples that reproduce
+  it exactly, says how high it can go (with 4 backgrounds among 32 images, about 0.3).
 - **spread**: W / T, where W is the variance of the attribute among the K samples of
   one image (mean squared distance to their mean, averaged over images) and T its
   variance over all N*K samples (mean squared distance to the overall mean). It is
@@ -206,6 +208,7 @@ def score_attribute(spec: AttributeSpec, cond: np.ndarray, samples: np.ndarray, 
         "kind": spec.kind,
         "group": spec.group,
         **retrieval(cond, samples),
+        "ceiling_mrr": retrieval(cond, cond[:, None])["mrr"],
         **spread(cond, samples),
         **intervals(cond, samples, seed),
         "images_mean": _means(spec, cond),
