@@ -25,3 +25,10 @@ EXIT_OK = 0
 EXIT_RUNTIME = RcdmError.exit_code
 EXIT_USAGE = UsageError.exit_code
 EXIT_INTERRUPTED = 130
+
+
+class Interrupted(RcdmError):
+    """A run stopped by a signal (Ctrl-C, SIGTERM) before it finished: what it had
+    finished is kept, and nothing claims to be complete."""
+
+    exit_code = EXIT_INTERRUPTED

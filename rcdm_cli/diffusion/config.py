@@ -495,4 +495,6 @@ def to_official_flags(unet: UNetConfig, diffusion: DiffusionConfig) -> str:
         # not a flag of the scripts: their learn_sigma False means the large variance,
         # and sigma_small is set in code; say it rather than drop it
         pairs.append(("sigma_small", True))
-    return " ".join(f"--{k} {fmt(v)}" for k, v in pairs)
+    # an empty value (no attention resolutions) is quoted, so that it survives being
+    # read back; the original scripts accept no such model (they int() every entry)
+    return " ".join(f"--{k} {shlex.quote(fmt(v))}" for k, v in pairs)
