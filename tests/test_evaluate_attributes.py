@@ -229,6 +229,7 @@ def _folder(root: Path, count: int = 4) -> Path:
 FAST = ["-n", 2, "--sampler", "ddim", "--steps", "ddim2", "--batch-size", 8]
 
 
+@pytest.mark.slow
 def test_command_json_schema_results_table_and_chart(capsys, toy_attributes, tmp_path, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     images = _folder(tmp_path / "imgs")
