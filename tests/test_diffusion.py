@@ -93,11 +93,35 @@ def test_respaced_process_keeps_the_noise_levels(diffusion):
 
 @pytest.mark.parametrize(
     "spec, message",
-    [("ddimx", "ddimN"), ("ddim999", "no stride"), ("10;20", "expected a count"), ("0", "positive"), ("600,600", "section of 500")],
+    [
+        ("ddimx", "ddimN"), ("ddim999", "no stride"), ("10;20", "expected a count"), ("0", "positive"), ("600,600", "section of 500"),
+        ("quad", "quadN"), ("logsnrx", "logsnrN"), ("quad1", "between 2 and 1000"), ("logsnr1001", "between 2 and 1000"),
+    ],
 )
 def test_bad_respacing_specs(spec, message):
     with pytest.raises(UsageError, match=message):
         space_timesteps(1000, spec)
+
+
+@pytest.mark.parametrize("prefix", ["quad", "logsnr"])
+def test_dense_end_spacings_keep_both_ends_and_exactly_the_count_asked(diffusion, prefix):
+    for count in [*range(2, 40), *range(40, 1001, 61), 999, 1000]:
+        kept = space_timesteps(1000, f"{prefix}{count}", diffusion.alphas_cumprod)
+        assert len(kept) == count and kept[0] == 0 and kept[-1] == 999
+        assert all(a < b for a, b in zip(kept, kept[1:]))
+
+
+def test_dense_end_spacings_put_their_steps_near_t0(diffusion):
+    """Both put more steps where the image is decided than even spacing does."""
+    assert space_timesteps(1000, "quad10") == [0, 12, 49, 111, 197, 308, 444, 604, 789, 999]  # 999 (i/9)^2
+    kept = space_timesteps(1000, "logsnr10", diffusion.alphas_cumprod)
+    lam = 0.5 * np.log(diffusion.alphas_cumprod / (1 - diffusion.alphas_cumprod))
+    gaps = np.diff(lam[kept])
+    assert np.all(gaps < 0)
+    assert gaps[1:-1].max() / gaps[1:-1].min() < 1.3  # even in log-SNR, but for rounding at the ends
+    assert kept[1] < space_timesteps(1000, "10")[1] / 10
+    # the process respaces with its own schedule
+    assert diffusion.respace("logsnr10").timestep_map == kept
 
 
 def test_empty_spec_keeps_everything():

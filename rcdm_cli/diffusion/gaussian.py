@@ -154,7 +154,7 @@ class GaussianDiffusion:
     def respace(self, spec: str | int | None) -> "GaussianDiffusion":
         """A shorter process that keeps some of this one's steps, with betas chosen so
         that the kept steps have the same cumulative noise level (alpha-bar)."""
-        kept = space_timesteps(self.num_timesteps, spec)
+        kept = space_timesteps(self.num_timesteps, spec, [float(a) for a in self.alphas_cumprod])
         new_betas = []
         last = 1.0
         for i in kept:
