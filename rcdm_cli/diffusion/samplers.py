@@ -145,6 +145,56 @@ def _half_log_snr(alpha_bar: float) -> float:
     return 0.5 * (math.log(alpha_bar) - math.log1p(-alpha_bar))
 
 
+def _multistep_update(x, history, a_t: float, a_s: float, order: int) -> torch.Tensor:
+    """One DPM-Solver++ step from noise level a_t to a_s (alpha-bar) of the given
+    order. ``history`` holds (x0 estimate, half log-SNR) pairs, newest first, the
+    newest at a_t. With h = lambda_s - lambda_t, r_j the earlier steps' lengths over h
+    and phi_1 = e^{-h} - 1, phi_2 = phi_1 / h + 1, phi_3 = phi_2 / h - 1/2:
+    order 1: x_s = (sigma_s / sigma_t) x_t - alpha_s phi_1 m_0;
+    order 2 adds -alpha_s phi_1 D_1 / 2 with D_1 = (m_0 - m_1) / r_0;
+    order 3 instead adds alpha_s (phi_2 D_1 - phi_3 D_2), D_1 and D_2 the first and
+    second divided differences of the x_0 estimates extrapolated to lambda_t."""
+    (m0, lam_t), lam_s = history[0], _half_log_snr(a_s)
+    h = lam_s - lam_t
+    phi_1 = math.expm1(-h)
+    x = math.sqrt((1.0 - a_s) / (1.0 - a_t)) * x - math.sqrt(a_s) * phi_1 * m0
+    if order == 2:
+        (m1, lam_1) = history[1]
+        r0 = (lam_t - lam_1) / h
+        x = x - 0.5 * math.sqrt(a_s) * phi_1 * (m0 - m1) / r0
+    elif order == 3:
+        (m1, lam_1), (m2, lam_2) = history[1], history[2]
+        r0, r1 = (lam_t - lam_1) / h, (lam_1 - lam_2) / h
+        d1_0, d1_1 = (m0 - m1) / r0, (m1 - m2) / r1
+        d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+        d2 = (d1_0 - d1_1) / (r0 + r1)
+        phi_2 = phi_1 / h + 1.0
+        phi_3 = phi_2 / h - 0.5
+        x = x + math.sqrt(a_s) * (phi_2 * d1 - phi_3 * d2)
+    return x
+
+
+def _dpmpp_multistep(
+    model: ModelFn, diffusion: GaussianDiffusion, noise: torch.Tensor, max_order: int, clip_denoised: bool,
+    callback: Callback | None,
+) -> torch.Tensor:
+    """DPM-Solver++ multistep of order up to ``max_order``: the order rises as x_0
+    estimates accumulate and falls again towards the end, the step into t = 0 being
+    first order (see :func:`sample_dpmpp_2m`)."""
+    alpha_bar = [float(a) for a in diffusion.alphas_cumprod]
+    x = noise.float()
+    history: list[tuple[torch.Tensor, float]] = []
+    for k, (i, t) in enumerate(_timesteps(diffusion, x), start=1):
+        x0 = _denoise(diffusion, model(x, diffusion.model_timesteps(t)), x, t, clip_denoised)
+        history = [(x0, _half_log_snr(alpha_bar[i]))] + history[: max_order - 1]
+        if i == 0:
+            x = x0
+        else:
+            x = _multistep_update(x, history, alpha_bar[i], alpha_bar[i - 1], min(max_order, len(history), i))
+        _report(callback, diffusion, k, i, x, x0)
+    return x
+
+
 @torch.no_grad()
 def sample_dpmpp_2m(
     model: ModelFn,
@@ -171,30 +221,34 @@ def sample_dpmpp_2m(
     """
     if eta is not None:
         raise UsageError("--eta applies to the DDIM sampler only")
-    alpha_bar = [float(a) for a in diffusion.alphas_cumprod]
-    x = noise.float()
-    x0_prev, h_prev = None, None
-    for k, (i, t) in enumerate(_timesteps(diffusion, x), start=1):
-        x0 = _denoise(diffusion, model(x, diffusion.model_timesteps(t)), x, t, clip_denoised)
-        if i == 0:
-            x = x0
-        else:
-            a_t, a_s = alpha_bar[i], alpha_bar[i - 1]
-            h = _half_log_snr(a_s) - _half_log_snr(a_t)
-            d = x0
-            if x0_prev is not None and i > 1:
-                half_inv_r = h / (2.0 * h_prev)
-                d = (1.0 + half_inv_r) * x0 - half_inv_r * x0_prev
-            x = math.sqrt((1.0 - a_s) / (1.0 - a_t)) * x + math.sqrt(a_s) * -math.expm1(-h) * d
-            x0_prev, h_prev = x0, h
-        _report(callback, diffusion, k, i, x, x0)
-    return x
+    return _dpmpp_multistep(model, diffusion, noise, 2, clip_denoised, callback)
+
+
+@torch.no_grad()
+def sample_dpmpp_3m(
+    model: ModelFn,
+    diffusion: GaussianDiffusion,
+    noise: torch.Tensor,
+    *,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    clip_denoised: bool = True,
+    callback: Callback | None = None,
+    eta: float | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(3M): as ``dpm++2m``, third order from the two previous x_0
+    estimates once there are two; second order on the second step and on the step
+    before the last, first order on the first and the last. Worth it only where the
+    steps are few and the x_0 estimates change smoothly."""
+    if eta is not None:
+        raise UsageError("--eta applies to the DDIM sampler only")
+    return _dpmpp_multistep(model, diffusion, noise, 3, clip_denoised, callback)
 
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
     "dpm++2m": sample_dpmpp_2m,
+    "dpm++3m": sample_dpmpp_3m,
 }
 
 
