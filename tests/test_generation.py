@@ -478,3 +478,40 @@ def test_encode_with_a_checkpoint_gives_what_sample_rep_needs(capsys, images, ra
     assert code == 2 and "contradicts" in err
     code, _, err = rcdm(capsys, "encode", images[0], "-o", tmp_path / "y.safetensors")
     assert code == 2 and "--encoder" in err
+
+
+@pytest.mark.parametrize(
+    "source, sampler, steps, expected",
+    [
+        ({"kind": "released", "name": "dino-head"}, "auto", "auto", ("ddpm", "100")),
+        ({"kind": "converted", "file": "rcdm_ema.pt"}, "auto", "auto", ("ddpm", "100")),
+        ({"kind": "released", "name": "dino-head"}, "auto", "25", ("ddpm", "25")),
+        ({}, "auto", "auto", ("dpm++2m", "quad8")),  # a model rcdm trained
+        ({"kind": "init", "preset": "tiny"}, "auto", "quad15", ("dpm++2m", "quad15")),
+        ({"kind": "released", "name": "dino-head"}, "dpm++2m", "auto", ("dpm++2m", "quad8")),
+        ({}, "ddim", "auto", ("ddim", "100")),
+        ({}, "dpm++3m", "auto", ("dpm++3m", "quad8")),
+        ({}, "ddpm", "ddim7", ("ddpm", "ddim7")),
+    ],
+)
+def test_auto_sampling_is_the_original_for_the_authors_models_and_the_measured_fast_one_otherwise(source, sampler, steps, expected):
+    from rcdm_cli.pipeline.sampling import resolve_sampling
+
+    meta = CheckpointMeta(unet=PRESETS["tiny"].unet, diffusion=PRESETS["tiny"].diffusion, source=source)
+    resolved = resolve_sampling(meta, SamplingOptions(sampler=sampler, steps=steps, seed=3))
+    assert (resolved.sampler, resolved.steps, resolved.seed) == (*expected, 3)
+
+
+def test_an_unknown_sampler_with_auto_steps_is_named(random_ckpt):
+    from rcdm_cli.errors import UsageError
+    from rcdm_cli.pipeline.sampling import resolve_sampling
+
+    with pytest.raises(UsageError, match="unknown sampler 'dpm'"):
+        resolve_sampling(resolve_checkpoint(str(random_ckpt)).meta, SamplingOptions(sampler="dpm"))
+
+
+def test_the_manifest_records_what_auto_resolved_to(capsys, random_ckpt, tmp_path):
+    code, out, err = rcdm(capsys, "sample", "--rep", "random:1", "-c", random_ckpt, "-n", 1, "-o", tmp_path / "s", "--json")
+    assert code == 0, err
+    sampling = json.loads(out)["sampling"]
+    assert (sampling["sampler"], sampling["steps"], sampling["network_calls"]) == ("dpm++2m", "quad8", 8)

@@ -90,9 +90,9 @@ def attack(
         checkpoint=checkpoint, encoder=encoder, layer=layer, weights=weights, preprocessing=preprocessing,
         device=resolve_device(settings.device), download_progress=download_progress(),
     )
-    options = SamplingOptions(
+    options = run.resolve(SamplingOptions(
         sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_
-    )
+    ))
     diffusion = run.check(None, n, options)
     probe_obj = Probe.load(probe) if probe else None
     n_classes = experiment.classifier_size(get_registry().layers(run.plan.encoder)[0], probe_obj)

@@ -137,10 +137,11 @@ def evaluate_attributes(
     options = SamplingOptions(
         sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_
     )
-    steps_per_sample = [run.check(None, n, options).num_timesteps for run in runs]  # every request checked before work
+    per_run = [run.resolve(options) for run in runs]  # "auto" may mean another sampler for each model
+    steps_per_sample = [run.check(None, n, o).num_timesteps for run, o in zip(runs, per_run)]  # all checked before work
     pictures = [load_image(p) for p in paths]
     records = []
-    for run, calls in zip(runs, steps_per_sample):
+    for run, options, calls in zip(runs, per_run, steps_per_sample):
         measured = measure_attributes(
             run, pictures, specs, n, options, augmentations=augs,
             sample=lambda reps, count, opts, run=run, calls=calls: sample_with_progress(run, reps, count, opts, calls),

@@ -168,9 +168,9 @@ def rank(
         checkpoint=checkpoint, encoder=encoder, layer=layer, weights=weights, preprocessing=preprocessing,
         device=resolve_device(settings.device), download_progress=download_progress(),
     )
-    options = SamplingOptions(
+    options = run.resolve(SamplingOptions(
         sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_
-    )
+    ))
     diffusion = run.check(None, n, options)
     pictures = [load_image(p) for p in paths]
     cond = encode_with_status(run, pictures, batch_size)
@@ -283,7 +283,7 @@ class _GridRun:
             checkpoint=checkpoint, encoder=encoder, weights=weights, device=resolve_device(settings.device),
             download_progress=download_progress(),
         )
-        options = SamplingOptions(sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision)
+        options = run.resolve(SamplingOptions(sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision))
         diffusion = run.check(None, n, options)
         path = out / "augmentations.png"
         check_writable([path], overwrite)

@@ -86,9 +86,9 @@ def interpolate(
         checkpoint=checkpoint, encoder=encoder, layer=layer, weights=weights, preprocessing=preprocessing,
         device=resolve_device(settings.device), download_progress=download_progress(),
     )
-    options = SamplingOptions(
+    options = run.resolve(SamplingOptions(
         sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_
-    )
+    ))
     diffusion = run.check(None, n, options)
     pictures = [load_image(p[0]) for p in paths]
     layout = StripLayout(out, frames, n, animation)

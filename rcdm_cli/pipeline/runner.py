@@ -19,7 +19,9 @@ from rcdm_cli.checkpoint.resolve import ResolvedCheckpoint, resolve_checkpoint
 from rcdm_cli.encoders import Encoder, get_registry
 from rcdm_cli.pipeline.conditioning import ConditioningPlan, default_checkpoint, plan_conditioning
 from rcdm_cli.pipeline.model import RCDMModel
-from rcdm_cli.pipeline.sampling import SampleBatchProgress, SampleResult, SamplingOptions, check_request, sample_representations
+from rcdm_cli.pipeline.sampling import (
+    SampleBatchProgress, SampleResult, SamplingOptions, check_request, resolve_sampling, sample_representations,
+)
 
 
 @dataclass
@@ -64,6 +66,11 @@ class RCDMRun:
     @property
     def meta(self):
         return self.checkpoint.meta
+
+    def resolve(self, options: SamplingOptions) -> SamplingOptions:
+        """The options with "auto" sampler and steps made concrete for this model (what
+        a manifest records)."""
+        return resolve_sampling(self.meta, options)
 
     def check(self, reps: torch.Tensor | None, n: int, options: SamplingOptions):
         return check_request(self.meta, reps, n, options, self.device)
