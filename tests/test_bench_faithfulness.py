@@ -41,9 +41,12 @@ def test_config_syntax():
     assert config.family == "dpm++2m logsnr bf16 compile (noise 1)"
     plain = _bench().Config("ddpm:100")
     assert (plain.sampler, plain.steps, plain.seed_offset, plain.precision, plain.compile) == ("ddpm", "100", 0, "fp32", False)
+    # --compare alone: rcdm's own fast default, in float32 and in bf16
+    from rcdm_cli.pipeline.sampling import FAST
+
+    assert _bench().parse_args(["demo", "--compare"]).compare == [f"{FAST[0]}:{FAST[1]}", f"{FAST[0]}:{FAST[1]}/bf16"]
 
 
-@pytest.mark.slow
 def test_curves_measure_every_configuration_against_the_reference(demo, tmp_path, capsys):
     bench = _bench()
     report_path = tmp_path / "curves.json"
@@ -71,7 +74,6 @@ def test_curves_measure_every_configuration_against_the_reference(demo, tmp_path
     assert capsys.readouterr().out == table
 
 
-@pytest.mark.slow
 def test_compare_times_the_original_against_the_fast_configuration(demo, capsys):
     bench = _bench()
     bench.main([str(demo), "--models", "backbone", "--images", "4", "--samples", "2", "--batch-size", "8",
