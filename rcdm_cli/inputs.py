@@ -1,5 +1,6 @@
 """Image inputs: files, folders (searched recursively), glob patterns, or ``-`` for
-paths on standard input, one per line; and reading them with clear errors."""
+paths on standard input, one per line; and reading them as a person sees them, with
+clear errors."""
 
 from __future__ import annotations
 
@@ -9,11 +10,36 @@ import sys
 from pathlib import Path
 from typing import Iterable, TextIO
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rcdm_cli.errors import RcdmError, UsageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+# Pillow's modes that hold more than 8 bits per sample, and the largest value each can
+# hold: a 16-bit PNG opens as I;16 (or I), and converting it to RGB directly clips
+# every value above 255, turning a gradient white.
+_WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
+
+
+def as_seen(image: Image.Image) -> Image.Image:
+    """8-bit RGB as a person sees the file: the EXIF orientation applied (a phone photo
+    stands upright), every bit depth scaled to 0-255 rather than clipped, transparency
+    composited over white (as a page shows it), CMYK and palettes converted. An
+    animated file gives the frame Pillow opened, the first."""
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in _WIDE_MODES or mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        top = _WIDE_MODES.get(mode, 1.0 if values.size and values.max() <= 1.0 else 255.0)
+        gray = np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def is_image_path(path: Path) -> bool:
@@ -92,6 +118,11 @@ def load_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
+            return as_seen(im)
+    except Image.DecompressionBombError:
+        raise RcdmError(
+            f"cannot read image {path}: more than {2 * Image.MAX_IMAGE_PIXELS} pixels, Pillow's limit against "
+            "decompression bombs (raise PIL.Image.MAX_IMAGE_PIXELS in a script if the image is genuine)"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise RcdmError(f"cannot read image {path}: {exc}") from None

@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 from PIL import Image, UnidentifiedImageError
 
 from rcdm_cli.errors import RcdmError, UsageError
-from rcdm_cli.inputs import list_images
+from rcdm_cli.inputs import as_seen, list_images
 
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"  # torchvision's, for precision/recall
@@ -64,7 +64,7 @@ def _common_size(sizes: set[tuple[int, int]]) -> int:
 
 def resize_and_crop(image: Image.Image, size: int) -> Image.Image:
     """Short side to ``size`` (bicubic), then the central ``size`` x ``size`` square, in RGB."""
-    image = image.convert("RGB")
+    image = as_seen(image)
     w, h = image.size
     scale = size / min(w, h)
     new = (max(size, round(w * scale)), max(size, round(h * scale)))

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from rcdm_cli.errors import UsageError
-from rcdm_cli.inputs import list_images
+from rcdm_cli.inputs import as_seen, list_images
 from rcdm_cli.pipeline.sampling import stream_seed
 from rcdm_cli.preprocessing import Preprocessing, diffusion_target
 
@@ -115,7 +115,7 @@ def make_views(image: Image.Image, views: Views, rng: np.random.Generator | None
     The centre crop (no ``rng`` or no --random-crop) is exactly sampling's; a random
     crop is a square region, which the same functions then only resize. A flip mirrors
     the finished views."""
-    image = image.convert("RGB")
+    image = as_seen(image)
     if views.random_crop and rng is not None:
         image = image.crop(_random_square(image.width, image.height, rng, views.min_crop))
     target = diffusion_target(image, views.target_size)
