@@ -24,7 +24,8 @@ class UsageError(RcdmError):
 EXIT_OK = 0
 EXIT_RUNTIME = RcdmError.exit_code
 EXIT_USAGE = UsageError.exit_code
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class Interrupted(RcdmError):
@@ -32,3 +33,10 @@ class Interrupted(RcdmError):
     finished is kept, and nothing claims to be complete."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+class Terminated(Interrupted):
+    """Stopped by SIGTERM, what `timeout`, `kill` and batch schedulers send: handled as
+    Ctrl-C is, with the shell's code for it."""
+
+    exit_code = EXIT_TERMINATED

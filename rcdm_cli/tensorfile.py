@@ -1,9 +1,11 @@
 """Reading arrays that users bring: representation vectors and initial noise, from
-``.safetensors``, ``.npy`` or ``.pt`` files."""
+``.safetensors``, ``.npy`` or ``.pt`` files; and the one refusal of a torch file
+whose pickle could run code, for every reader of torch files."""
 
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,22 @@ from rcdm_cli.errors import RcdmError, UsageError
 from rcdm_cli.fileio import atomic_path
 
 SUFFIXES = (".safetensors", ".npy", ".pt", ".pth")
+
+# how torch's weights_only loader names the object it would not build
+_DISALLOWED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|Trying to load unsupported GLOBAL) (\S+)")
+
+
+def pickle_refusal(path: str | Path, exc: BaseException) -> RcdmError | None:
+    """The error for a torch file refused because unpickling it could run code, or
+    None when ``exc`` is not such a refusal (a damaged file). Torch's own message
+    suggests ``weights_only=False``, the unsafe way; this one never does."""
+    found = _DISALLOWED_GLOBAL.search(str(exc))
+    if found is None:
+        return None
+    return RcdmError(
+        f"refused to load {path}: it pickles {found.group(1)}, an object that is not plain data and could run "
+        "code when loaded; save tensors alone (safetensors, or torch.save of tensors and plain containers)"
+    )
 
 
 def _pick(tensors: dict[str, torch.Tensor], path: Path, preferred: tuple[str, ...]) -> torch.Tensor:
@@ -54,6 +72,9 @@ def load_tensor(path: str | Path, preferred: tuple[str, ...] = ()) -> torch.Tens
     except (SafetensorError, pickle.UnpicklingError, ValueError, RuntimeError, EOFError, OSError) as exc:
         if isinstance(exc, UsageError):
             raise
+        refused = pickle_refusal(path, exc)
+        if refused is not None:
+            raise refused from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RcdmError(f"could not read {path}: {first}") from None
     if not (tensor.is_floating_point() or tensor.dtype in (torch.int32, torch.int64)):

@@ -125,7 +125,7 @@ def test_sigterm_while_sampling_stops_the_command_with_one_line(tmp_path, monkey
     out = tmp_path / "demo"
     code = run(["demo", "--out", str(out), "--steps", "1"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 130 and "stopped by SIGTERM" in err[-1]
+    assert code == 143 and "stopped by SIGTERM" in err[-1]
     assert not (out / "report.html").exists() and not (out / "demo.json").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
 

@@ -515,3 +515,36 @@ def test_the_manifest_records_what_auto_resolved_to(capsys, random_ckpt, tmp_pat
     assert code == 0, err
     sampling = json.loads(out)["sampling"]
     assert (sampling["sampler"], sampling["steps"], sampling["network_calls"]) == ("dpm++2m", "quad8", 8)
+
+
+def test_sigterm_stops_sampling_as_ctrl_c_does(capsys, images, random_ckpt, tmp_path, monkeypatch):
+    """What `timeout` and batch schedulers send: the finished input's files and an
+    incomplete manifest stay, one line says so, and the exit code is the shell's 143."""
+    import os
+    import signal
+
+    import rcdm_cli.pipeline.sampling as sampling
+
+    real = sampling.get_sampler
+    calls = []
+
+    def terminated_in_second_batch(name):
+        sampler = real(name)
+
+        def wrapped(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return sampler(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(sampling, "get_sampler", terminated_in_second_batch)
+    out = tmp_path / "s"
+    code, _, err = rcdm(capsys, "sample", images[0], images[1], "-c", random_ckpt, "-n", 2, "-b", 2, *FAST, "-o", out)
+    lines = err.strip().splitlines()
+    assert code == 143 and lines[-1] == "rcdm: error: stopped by SIGTERM" and "stopped after 1 of 2 input(s)" in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is False and [o["name"] for o in manifest["outputs"]] == ["img0"]
+    assert not (out / "img1-grid.png").exists() and not list(out.rglob(".*.tmp"))
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back after the command

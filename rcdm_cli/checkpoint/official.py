@@ -19,6 +19,7 @@ from rcdm_cli.diffusion.config import UNetConfig
 from rcdm_cli.diffusion.unet import UNet
 from rcdm_cli.errors import RcdmError, UsageError
 from rcdm_cli.statedict import expected_shapes, fmt_shape, state_dict_problems
+from rcdm_cli.tensorfile import pickle_refusal
 
 _WRAPPER_KEYS = ("state_dict", "model", "ema", "module")
 
@@ -67,12 +68,11 @@ def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         # Memory-mapping (zip-format files only) avoids reading 1.7 GB up front.
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
+        refused = pickle_refusal(path, exc)
+        if refused is not None:
+            raise refused from None
         first = str(exc).strip().splitlines()
-        detail = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first else "")
-        raise RcdmError(
-            f"refused to load {path}: it contains pickled Python objects, not just tensors, and "
-            f"unpickling them could run code ({detail.strip()})"
-        ) from None
+        raise RcdmError(f"{path} is truncated or corrupt: {first[0] if first else type(exc).__name__}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         msg = msg.split(". ")[0].rstrip(".")  # torch appends paragraphs of advice

@@ -35,6 +35,7 @@ from rcdm_cli.checkpoint.metadata import CheckpointMeta
 from rcdm_cli.checkpoint.store import save_checkpoint
 from rcdm_cli.errors import RcdmError, UsageError
 from rcdm_cli.fileio import write_bytes
+from rcdm_cli.tensorfile import pickle_refusal
 
 _STEP_DIR = re.compile(r"^step-(\d{7,})$")
 
@@ -191,6 +192,9 @@ class RunDir:
         try:
             return torch.load(step_dir / "state.pt", map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
+            refused = pickle_refusal(step_dir / "state.pt", exc)
+            if refused is not None:
+                raise refused from None
             raise RcdmError(f"{step_dir / 'state.pt'} is unreadable: {str(exc).splitlines()[0] if str(exc) else exc}") from None
 
     def append_metrics(self, record: dict[str, Any]) -> None:

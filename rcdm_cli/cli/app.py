@@ -8,9 +8,11 @@ Errors print one line on stderr; ``--debug`` adds the traceback.
 from __future__ import annotations
 
 import inspect
+import signal
 import sys
 import traceback
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import typer
 
@@ -26,7 +28,7 @@ from rcdm_cli.cli import interpolate as interpolate_cmd
 from rcdm_cli.cli import sample as sample_cmd
 from rcdm_cli.cli import train as train_cmd
 from rcdm_cli.cli.console import err, settings, setup_logging
-from rcdm_cli.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, RcdmError
+from rcdm_cli.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, RcdmError, Terminated
 
 app = typer.Typer(
     name="rcdm",
@@ -98,12 +100,33 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM stops a command as Ctrl-C does (finished outputs kept, manifests marked
+    incomplete, one line, exit 143) instead of killing it where it stands. Training
+    installs its own handler (save, then exit 0) while it runs."""
+
+    def handler(signum, frame):
+        raise Terminated("stopped by SIGTERM")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals to the caller
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (used by ``main`` and by tests)."""
     settings.debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     command = typer.main.get_command(app)
     try:
-        result = command.main(args=argv, prog_name="rcdm", standalone_mode=False)
+        with _sigterm_interrupts():
+            result = command.main(args=argv, prog_name="rcdm", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except typer.Exit as exc:
         return exc.exit_code

@@ -2,36 +2,12 @@
 
 from __future__ import annotations
 
-import signal
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import typer
 
 from rcdm_cli.cli.console import log, print_json, settings
-
-
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (what `timeout` and batch schedulers send) stops the demo as Ctrl-C
-    does: what it finished stays, and no report is written for a run that did not
-    finish. Training catches it itself, saves, and the demo then stops."""
-
-    def handler(signum, frame):
-        from rcdm_cli.errors import Interrupted
-
-        raise Interrupted("stopped by SIGTERM; no report written (the next run replaces this unfinished demo)")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def demo(
@@ -52,7 +28,7 @@ def demo(
     """
     from rcdm_cli.demo.run import DemoSettings, clear_outputs, holds_demo, run_demo
     from rcdm_cli.devices import resolve_device
-    from rcdm_cli.errors import UsageError
+    from rcdm_cli.errors import Terminated, UsageError
 
     if steps is not None and steps <= 0:
         raise UsageError("--steps must be positive")
@@ -64,8 +40,10 @@ def demo(
     demo_settings = DemoSettings.full(out, **overrides) if full else DemoSettings(out=out, **overrides)
     if released:
         demo_settings.checkpoint = "released:dino-head"
-    with _sigterm_interrupts():
+    try:
         result = run_demo(demo_settings, resolve_device(settings.device), event=lambda m: log.info("%s", m))
+    except Terminated:  # SIGTERM (see cli/app.py): what it finished stays, and no report claims more
+        raise Terminated("stopped by SIGTERM; no report written (the next run replaces this unfinished demo)") from None
     if json_out:
         print_json(result)
     for record in result["representations"]:

@@ -30,7 +30,6 @@ import logging
 import os
 import pathlib
 import pickle
-import re
 import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -45,6 +44,7 @@ from rcdm_cli.encoders.numpy_pickle import NUMPY_MODULES, NumpyUnpickler, Pickle
 from rcdm_cli.encoders.spec import WeightSource
 from rcdm_cli.errors import RcdmError, UsageError
 from rcdm_cli.statedict import expected_shapes, state_dict_problems
+from rcdm_cli.tensorfile import pickle_refusal
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +109,6 @@ SAFE_GLOBALS: list[Any] = [argparse.Namespace, pathlib.PosixPath, pathlib.Window
 
 # torch's two ways of saying a pickle names an object outside the allow-list (a module
 # it blocks outright, such as os or subprocess, or any other global)
-_DISALLOWED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|Trying to load unsupported GLOBAL) (\S+)")
-
-
 def is_safetensors(path: str | Path) -> bool:
     """A safetensors file starts with the 8-byte length of a JSON header that follows."""
     path = Path(path)
@@ -161,13 +158,10 @@ def _read_torch(path: Path, extra_safe_globals: Iterable[Any]) -> Any:
         with torch.serialization.safe_globals([*SAFE_GLOBALS, *extra_safe_globals]):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
-        refused = _DISALLOWED_GLOBAL.search(str(exc))
+        refused = pickle_refusal(path, exc)
         if refused is None:
             raise _corrupt(path, _first_line(exc)) from None
-        raise RcdmError(
-            f"refused to load {path}: it pickles {refused.group(1)}, an object that is not plain data and "
-            "could run code when loaded"
-        ) from None
+        raise refused from None
     except Exception as exc:  # a damaged file surfaces as almost any error inside torch.load
         raise _corrupt(path, _first_line(exc)) from None
 
