@@ -43,6 +43,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def make_temp_dir(prefix: str, parent: Path) -> Path:
+    """A new temporary folder in ``parent`` with the mode a plain mkdir would give it
+    (mkdtemp makes it private, 0700, which would keep colleagues on a shared machine
+    out of the checkpoints renamed from it)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(path, 0o777 & ~_umask())
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

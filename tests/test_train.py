@@ -660,3 +660,39 @@ def test_usage_errors(capsys, shapes, tmp_path):
     code, _, err = rcdm(capsys, "train", "--resume", tmp_path / "nothing")
     assert code == 2 and "not a training run" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_resume_falls_back_past_a_damaged_newest_checkpoint(capsys, shapes, tmp_path):
+    """A newest checkpoint cut short (a full disk, an interrupted copy) is named and
+    skipped, as a deleted one would be; the run continues exactly from the one before."""
+    out = tmp_path / "run"
+    args = [*COMMON, "--batch-size", 4, "--save-every", 3, "--log-every", 1, "--sample-every", 1000, "--ema", 0.9]
+    code, _, err = rcdm(capsys, "train", shapes, *args, "--out", out, "--steps", 6, "--keep", 2)
+    assert code == 0, err
+    run_dir = RunDir(out)
+    (step3, older), (step6, newest) = run_dir.complete_checkpoints()
+    model = newest / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:-1000])  # truncated
+    code, _, err = rcdm(capsys, "train", "--resume", out, "--steps", 9)
+    assert code == 0, err
+    assert f"checkpoint {newest} is damaged" in err and "resuming from the one before it" in err
+    assert "resuming" in err and "at step 3" in err
+    assert run_dir.latest()[0] == 9
+    # a damaged state.pt is found the same way, and with none left the error says so
+    for _, d in run_dir.complete_checkpoints():
+        (d / "state.pt").write_bytes((d / "state.pt").read_bytes()[:100])
+    code, _, err = rcdm(capsys, "train", "--resume", out, "--steps", 12)
+    assert code == 1 and "no readable checkpoint to resume from" in err.strip().splitlines()[-1]
+
+
+def test_checkpoint_folders_respect_the_umask(shapes, tmp_path):
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        Trainer(_config(shapes, tmp_path / "run", steps=1, save_every=1), CPU).run()
+    finally:
+        os.umask(previous)
+    step_dir = RunDir(tmp_path / "run").latest()[1]
+    assert step_dir.stat().st_mode & 0o777 == 0o755  # readable by colleagues, as mkdir makes it
+    assert (step_dir / "model.safetensors").stat().st_mode & 0o777 == 0o644

@@ -25,16 +25,16 @@ import json
 import os
 import re
 import shutil
-import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from rcdm_cli.checkpoint.metadata import CheckpointMeta
-from rcdm_cli.checkpoint.store import save_checkpoint
+from rcdm_cli.checkpoint.store import read_meta, save_checkpoint
 from rcdm_cli.errors import RcdmError, UsageError
-from rcdm_cli.fileio import write_bytes
+from rcdm_cli.fileio import make_temp_dir, write_bytes
 from rcdm_cli.tensorfile import pickle_refusal
 
 _STEP_DIR = re.compile(r"^step-(\d{7,})$")
@@ -142,6 +142,20 @@ class RunDir:
                     return complete[-1] if complete[-1][0] > step else (step, d)
         return complete[-1] if complete else None
 
+    def resumable(self, warn: Callable[[str], None]) -> tuple[int, Path] | None:
+        """The newest checkpoint whose files can be read: one cut short (a full disk, an
+        interrupted copy) is named in a warning and the one before it is tried, as if
+        the damaged one had never been written."""
+        newest = self.latest()
+        if newest is None:
+            return None
+        for step, d in reversed([c for c in self.complete_checkpoints() if c[0] <= newest[0]]):
+            damage = _damage(d)
+            if damage is None:
+                return step, d
+            warn(f"checkpoint {d} is damaged ({damage}); resuming from the one before it")
+        return None
+
     def latest_model(self) -> Path:
         found = self.latest()
         if found is None:
@@ -164,7 +178,7 @@ class RunDir:
         """Write a complete checkpoint for ``step``, then drop all but the newest ``keep``."""
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         final = self.step_dir(step)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=self.checkpoints))
+        tmp = make_temp_dir(f".tmp-{final.name}-", self.checkpoints)
         try:
             save_checkpoint(tmp / "model.safetensors", weights, meta)
             torch.save(state, tmp / "state.pt")
@@ -215,3 +229,15 @@ class RunDir:
             except json.JSONDecodeError:
                 continue  # a line cut by a crash
         write_bytes(self.metrics_path, ("\n".join(kept) + "\n" if kept else "").encode())
+
+
+def _damage(step_dir: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from, found cheaply (headers and zip
+    directories, not the tensors), or None."""
+    try:
+        read_meta(step_dir / "model.safetensors")
+    except RcdmError as exc:
+        return str(exc)
+    if not zipfile.is_zipfile(step_dir / "state.pt"):
+        return f"{step_dir / 'state.pt'} is truncated or corrupt"
+    return None

@@ -180,6 +180,9 @@ class Trainer:
         if resume:
             if self.run_dir.latest() is None:
                 raise UsageError(f"{config.out} has no complete checkpoint to resume from")
+            self._resume_from = self.run_dir.resumable(warn=log.warning)
+            if self._resume_from is None:
+                raise RcdmError(f"{config.out} has no readable checkpoint to resume from (every one is damaged)")
         else:
             self.run_dir.check_fresh(overwrite)
         if config.weights and not Path(config.weights).is_file():
@@ -226,7 +229,7 @@ class Trainer:
 
     def _check_resumable(self) -> None:
         cfg = self.config
-        step, step_dir = self.run_dir.latest()
+        step, step_dir = self._resume_from
         meta = read_meta(step_dir / "model.safetensors")
         if meta.unet != self.unet_config:
             raise RcdmError(f"{step_dir} was saved with a different architecture than this configuration")
@@ -349,7 +352,7 @@ class Trainer:
         return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
 
     def _restore(self) -> None:
-        step, step_dir = self.run_dir.latest()
+        step, step_dir = self._resume_from
         meta, weights = load_checkpoint(step_dir / "model.safetensors", weights="model", device=self.device)
         self.model.load_state_dict(weights, strict=True)
         sets = {name: load_checkpoint(step_dir / "model.safetensors", weights=name)[1] for name in meta.weight_sets if name != "model"}
