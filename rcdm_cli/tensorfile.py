@@ -59,7 +59,10 @@ def load_tensor(path: str | Path, preferred: tuple[str, ...] = ()) -> torch.Tens
         if suffix == ".safetensors":
             tensor = _pick(load_file(str(path)), path, preferred)
         elif suffix == ".npy":
-            tensor = torch.from_numpy(np.load(path, allow_pickle=False))
+            array = np.load(path, allow_pickle=False)
+            if array.dtype.kind not in "fiub":
+                raise UsageError(f"{path} holds {array.dtype} values (text?), expected numbers")
+            tensor = torch.from_numpy(array)
         elif suffix in (".pt", ".pth"):
             obj = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(obj, dict):
@@ -79,7 +82,12 @@ def load_tensor(path: str | Path, preferred: tuple[str, ...] = ()) -> torch.Tens
         raise RcdmError(f"could not read {path}: {first}") from None
     if not (tensor.is_floating_point() or tensor.dtype in (torch.int32, torch.int64)):
         raise UsageError(f"{path} holds {tensor.dtype} values, expected numbers")
-    return tensor.float()
+    if tensor.numel() == 0:
+        raise UsageError(f"{path} holds no values (shape {tuple(tensor.shape)})")
+    tensor = tensor.float()
+    if not torch.isfinite(tensor).all():
+        raise UsageError(f"{path} holds NaN or infinite values")
+    return tensor
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import re
 from dataclasses import dataclass, field
+import math
 from fractions import Fraction
 from typing import Any
 
@@ -68,11 +69,15 @@ def defaults(method: str) -> dict[str, Any]:
 def parse_size(text: str | float, what: str = "size") -> float:
     """``8/255``, ``0.03`` or ``1e-2`` as a float."""
     if isinstance(text, (int, float)):
-        return float(text)
-    try:
-        return float(Fraction(text.strip())) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise UsageError(f"{what} {text!r} is not a number such as 8/255 or 0.03") from None
+        value = float(text)
+    else:
+        try:
+            value = float(Fraction(text.strip())) if "/" in text else float(text)
+        except (ValueError, ZeroDivisionError):
+            raise UsageError(f"{what} {text!r} is not a number such as 8/255 or 0.03") from None
+    if not math.isfinite(value):
+        raise UsageError(f"{what} must be a finite number such as 8/255 or 0.03, got {text!r}")
+    return value
 
 
 def parse_number(text: str, what: str) -> int | float:

@@ -32,10 +32,17 @@ class Token:
     pos: int  # 0-based column of the token's first character
 
 
+CONTEXT = 60  # characters of the expression shown on each side of a mistake
+
+
 class ExpressionError(UsageError):
     def __init__(self, expression: str, pos: int, message: str):
-        marked = expression[:pos] + ">>" + expression[pos:]
-        super().__init__(f"malformed expression at column {pos + 1}: {message}: {marked!r}")
+        before, after = expression[:pos], expression[pos:]
+        if len(before) > CONTEXT:  # a long expression is shown around the mistake only
+            before = "..." + before[-CONTEXT:]
+        if len(after) > CONTEXT:
+            after = after[:CONTEXT] + "..."
+        super().__init__(f"malformed expression at column {pos + 1}: {message}: {before + '>>' + after!r}")
         self.pos = pos
 
 
@@ -100,11 +107,22 @@ class Neg:
 Node = Union[Num, Path_, BinOp, Neg]
 
 
+# Limits that keep parsing and evaluation (both recursive) far from Python's
+# recursion limit, and far above any expression a person writes; past them the
+# expression is refused with the limit named.
+MAX_TERMS = 256  # images and numbers in one expression
+MAX_DEPTH = 64  # nested parentheses and signs
+
+
 class _Parser:
     def __init__(self, expression: str):
         self.expression = expression
         self.tokens = tokenize(expression)
         self.i = 0
+        self.depth = 0
+        terms = [tok for tok in self.tokens if tok.kind in ("num", "path")]
+        if len(terms) > MAX_TERMS:
+            self.fail(f"the expression has {len(terms)} images and numbers; at most {MAX_TERMS} are allowed", terms[MAX_TERMS])
 
     @property
     def tok(self) -> Token:
@@ -142,6 +160,14 @@ class _Parser:
 
     def factor(self) -> Node:
         tok = self.tok
+        if tok.kind == "op" and tok.text in "+-(":
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                self.fail(f"parentheses and signs are nested more than {MAX_DEPTH} deep", tok)
+            try:
+                return self._nested(tok)
+            finally:
+                self.depth -= 1
         if tok.kind == "num":
             value = float(tok.text)
             if not math.isfinite(value):
@@ -151,20 +177,22 @@ class _Parser:
         if tok.kind == "path":
             self.i += 1
             return Path_(tok.text, tok.pos)
-        if tok.kind == "op" and tok.text in "+-":
-            self.i += 1
-            operand = self.factor()
-            return Neg(operand, tok.pos) if tok.text == "-" else operand
-        if tok.kind == "op" and tok.text == "(":
-            self.i += 1
-            node = self.expression_()
-            if not (self.tok.kind == "op" and self.tok.text == ")"):
-                self.fail("expected ')'" if self.tok.kind != "end" else f"the '(' at column {tok.pos + 1} is never closed")
-            self.i += 1
-            return node
         if tok.kind == "end":
             self.fail("the expression ends where an image path, a number or '(' is expected")
         self.fail(f"expected an image path, a number or '(' but found {tok.text!r}")
+
+
+    def _nested(self, tok: Token) -> Node:
+        """A signed factor or a parenthesised expression (``tok`` is the sign or '(')."""
+        self.i += 1
+        if tok.text in "+-":
+            operand = self.factor()
+            return Neg(operand, tok.pos) if tok.text == "-" else operand
+        node = self.expression_()
+        if not (self.tok.kind == "op" and self.tok.text == ")"):
+            self.fail("expected ')'" if self.tok.kind != "end" else f"the '(' at column {tok.pos + 1} is never closed")
+        self.i += 1
+        return node
 
 
 def parse(expression: str) -> Node:

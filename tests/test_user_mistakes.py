@@ -1,0 +1,55 @@
+"""User mistakes that once surfaced as internal errors: each is now one line naming
+the mistake, with the usage exit code, found before any weights are loaded."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from rcdm_cli.cli.app import run
+from rcdm_cli.errors import UsageError
+from rcdm_cli.pipeline import expression as expr
+
+
+def _error(capsys, *args) -> tuple[int, str]:
+    code = run([str(a) for a in args])
+    lines = capsys.readouterr().err.strip().splitlines()
+    return code, lines[-1] if lines else ""
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "a.png"
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(path)
+    return path
+
+
+def test_deep_and_long_expressions_are_refused_with_the_limit(capsys, image, tmp_path):
+    deep = "(" * 3000 + str(image) + ")" * 3000
+    with pytest.raises(UsageError, match=f"nested more than {expr.MAX_DEPTH} deep"):
+        expr.parse(deep)
+    with pytest.raises(UsageError, match=f"at most {expr.MAX_TERMS} are allowed"):
+        expr.parse(" + ".join([str(image)] * 5000))
+    expr.parse(" + ".join([str(image)] * expr.MAX_TERMS))  # the limit itself is fine
+    expr.parse("(" * expr.MAX_DEPTH + str(image) + ")" * expr.MAX_DEPTH)
+    code, line = _error(capsys, "arith", deep, "-c", "released:dino-head", "-o", tmp_path / "o")
+    assert code == 2 and "nested more than" in line and len(line) < 400  # shown around the mistake only
+
+
+@pytest.mark.parametrize("value, message", [("nan", "finite"), ("inf", "finite"), ("-1", "positive"), ("0", "positive")])
+def test_attack_budgets_are_checked_before_any_download(capsys, image, tmp_path, value, message, monkeypatch):
+    monkeypatch.setenv("RCDM_OFFLINE", "1")  # a released model would need the network
+    code, line = _error(capsys, "attack", image, "-c", "released:dino-head", "--objective", "representation", "--eps", value, "-o", tmp_path / "o")
+    assert code == 2 and "eps must be" in line and message in line
+    code, line = _error(capsys, "attack", image, "-c", "released:dino-head", "--objective", "representation", "--alpha", value, "-o", tmp_path / "o")
+    assert code == 2 and "alpha must be" in line and message in line
+
+
+def test_vectors_files_without_numbers_are_refused(capsys, tmp_path):
+    save_file({"reps": torch.zeros(0, 2048)}, str(tmp_path / "empty.safetensors"))
+    np.save(tmp_path / "words.npy", np.array(["a", "b"]))
+    save_file({"reps": torch.full((1, 2048), float("nan"))}, str(tmp_path / "nan.safetensors"))
+    for name, message in [("empty.safetensors", "holds no values"), ("words.npy", "expected numbers"), ("nan.safetensors", "NaN")]:
+        code, line = _error(capsys, "sample", "--rep", tmp_path / name, "-c", "init:tiny", "-o", tmp_path / "o")
+        assert code == 2 and message in line and "internal error" not in line, line
