@@ -67,11 +67,28 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
+def probe_writable(folder: Path) -> None:
+    """Fail now, naming the folder and the reason, if files cannot be created in
+    ``folder`` or in the nearest existing folder above it (read-only, no permission, a
+    full disk), rather than after the work whose results would be lost."""
+    folder = Path(folder).absolute()
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        return  # a file in the way is reported by the caller
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".rcdm-write-check-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise RcdmError(f"cannot write into {existing}: {exc.strerror or exc}; choose another --out") from None
+
+
 def check_writable(paths: list[Path], overwrite: bool) -> None:
     """Refuse, before any work starts, to replace existing files without ``overwrite``,
     and outputs that could not be written at all (a folder in the way of a file, a
-    file in the way of a folder)."""
+    file in the way of a folder, a folder where no file can be created)."""
     checked: set[Path] = set()
+    probed: set[Path] = set()
     for p in paths:
         if p.is_dir():
             raise UsageError(f"{p} is a folder, where an output file would go")
@@ -82,6 +99,9 @@ def check_writable(paths: list[Path], overwrite: bool) -> None:
             if parent.exists():
                 if not parent.is_dir():
                     raise UsageError(f"{parent} is a file, where an output folder would go; choose another --out")
+                if parent not in probed:
+                    probed.add(parent)
+                    probe_writable(parent)
                 break
     if overwrite:
         return

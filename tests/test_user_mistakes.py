@@ -1,6 +1,8 @@
 """User mistakes that once surfaced as internal errors: each is now one line naming
 the mistake, with the usage exit code, found before any weights are loaded."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -53,3 +55,15 @@ def test_vectors_files_without_numbers_are_refused(capsys, tmp_path):
     for name, message in [("empty.safetensors", "holds no values"), ("words.npy", "expected numbers"), ("nan.safetensors", "NaN")]:
         code, line = _error(capsys, "sample", "--rep", tmp_path / name, "-c", "init:tiny", "-o", tmp_path / "o")
         assert code == 2 and message in line and "internal error" not in line, line
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where not even root can create files")
+def test_an_unwritable_out_is_found_before_any_work(capsys, image, tmp_path):
+    code, line = _error(capsys, "sample", "--rep", "random:1", "-c", "init:tiny", "-o", "/proc/rcdm-samples")
+    assert code == 1 and line.startswith("rcdm: error: cannot write into /proc") and "--out" in line
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        Image.new("RGB", (32, 32), (i * 100, 0, 0)).save(data / f"{i}.png")
+    code, line = _error(capsys, "train", data, "--encoder", "random", "--preset", "tiny", "--out", "/proc/rcdm-run", "--steps", 1)
+    assert code == 1 and line.startswith("rcdm: error: cannot write into /proc")

@@ -34,7 +34,7 @@ import torch
 from rcdm_cli.checkpoint.metadata import CheckpointMeta
 from rcdm_cli.checkpoint.store import read_meta, save_checkpoint
 from rcdm_cli.errors import RcdmError, UsageError
-from rcdm_cli.fileio import make_temp_dir, write_bytes
+from rcdm_cli.fileio import make_temp_dir, probe_writable, write_bytes
 from rcdm_cli.tensorfile import pickle_refusal
 
 _STEP_DIR = re.compile(r"^step-(\d{7,})$")
@@ -83,6 +83,7 @@ class RunDir:
         root = self.root
         if root.exists() and not root.is_dir():
             raise UsageError(f"{root} is a file; give --out a folder")
+        probe_writable(root)
         if not root.is_dir() or not any(root.iterdir()) or overwrite:
             return
         if self.complete_checkpoints():
