@@ -67,3 +67,15 @@ def test_an_unwritable_out_is_found_before_any_work(capsys, image, tmp_path):
         Image.new("RGB", (32, 32), (i * 100, 0, 0)).save(data / f"{i}.png")
     code, line = _error(capsys, "train", data, "--encoder", "random", "--preset", "tiny", "--out", "/proc/rcdm-run", "--steps", 1)
     assert code == 1 and line.startswith("rcdm: error: cannot write into /proc")
+
+
+def test_absurd_counts_are_refused_before_any_work(capsys, image, tmp_path):
+    code, line = _error(capsys, "sample", "--rep", "random:1", "-c", "init:tiny", "-n", 10**12, "-o", tmp_path / "s")
+    assert code == 2 and "asks for 1,000,000,000,000 samples" in line and "available" in line
+    assert not (tmp_path / "s").exists()
+    code, line = _error(capsys, "interpolate", image, image, "-c", "init:tiny", "--encoder", "random", "--frames", 10**11,
+                        "-o", tmp_path / "i")
+    assert code == 2 and "--frames must be at most 10,000" in line
+    code, line = _error(capsys, "interpolate", image, image, "-c", "init:tiny", "--encoder", "random", "--frames", 9000,
+                        "--rows", 10**6, "-o", tmp_path / "i")
+    assert code == 2 and "--frames 9000 x --rows 1000000 asks for" in line

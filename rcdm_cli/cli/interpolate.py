@@ -69,7 +69,7 @@ def interpolate(
     from rcdm_cli.pipeline.representations import interpolate as make_path
     from rcdm_cli.pipeline.representations import interpolation_weights
     from rcdm_cli.pipeline.runner import RCDMRun
-    from rcdm_cli.pipeline.sampling import SamplingOptions, resolved_eta
+    from rcdm_cli.pipeline.sampling import SamplingOptions, check_fits_memory, resolved_eta
     from rcdm_cli.preprocessing import diffusion_target
 
     if animation not in (None, "gif", "webp"):
@@ -90,6 +90,7 @@ def interpolate(
         sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_
     ))
     diffusion = run.check(None, n, options)
+    check_fits_memory(frames * n, run.meta.image_size, f"--frames {frames} x --rows {n}")
     pictures = [load_image(p[0]) for p in paths]
     layout = StripLayout(out, frames, n, animation)
     check_writable(layout.planned(), overwrite)

@@ -114,7 +114,7 @@ def sample(
     from rcdm_cli.inputs import expand_inputs, load_image
     from rcdm_cli.outputs import SampleLayout, unique_names, write_input
     from rcdm_cli.pipeline.runner import RCDMRun
-    from rcdm_cli.pipeline.sampling import SamplingOptions, load_noise, resolved_eta, sample_seed
+    from rcdm_cli.pipeline.sampling import SamplingOptions, check_fits_memory, load_noise, resolved_eta, sample_seed
     from rcdm_cli.preprocessing import diffusion_target
     from rcdm_cli.pipeline.conditioning import check_vectors
     from rcdm_cli.tensorfile import load_tensor, provenance, save_tensors
@@ -144,6 +144,8 @@ def sample(
         sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_
     ))
     diffusion = run.check(reps, n, options)
+    rows = len(inputs) if inputs else (reps.shape[0] if reps is not None else random_count)
+    check_fits_memory(rows * n, run.meta.image_size, f"-n {n} for {rows} input(s)")
     noise_tensor = load_noise(load_tensor(noise, preferred=("noise",)), n, run.meta.image_size) if noise else None
     pictures = [load_image(p) for p in inputs]  # unreadable images fail here, before any work
     if inputs:

@@ -8,11 +8,15 @@ import torch.nn.functional as F
 
 from rcdm_cli.errors import UsageError
 
+MAX_FRAMES = 10_000  # points on an interpolation path; a strip of more is not looked at
+
 
 def interpolation_weights(frames: int) -> torch.Tensor:
     """``frames`` positions from 0 (the first input) to 1 (the second), both included."""
     if frames < 2:
         raise UsageError(f"--frames must be at least 2 (the two ends), got {frames}")
+    if frames > MAX_FRAMES:
+        raise UsageError(f"--frames must be at most {MAX_FRAMES:,} (a strip of more is not looked at), got {frames:,}")
     return torch.linspace(0.0, 1.0, frames, dtype=torch.float64)
 
 

@@ -8,6 +8,7 @@ noise on a CPU and on a GPU.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -127,6 +128,43 @@ def resolve_sampling(meta: CheckpointMeta, options: SamplingOptions) -> Sampling
     if (sampler, steps) == (options.sampler, options.steps):
         return options
     return replace(options, sampler=sampler, steps=steps)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux's MemAvailable; else the physical total),
+    or None where neither can be read."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_fits_memory(images: int, image_size: int, what: str) -> None:
+    """Refuse, before any work, a count of samples that a run holds at once (float32,
+    3 x size x size each) and that could not fit in half the available memory: a
+    typo such as -n 1000000000000 is an error line, not a hang or an allocation
+    failure after loading."""
+    need = images * 3 * image_size * image_size * 4
+    available = available_memory()
+    if available is not None and need > available // 2:
+        raise UsageError(
+            f"{what} asks for {images:,} samples of {image_size}x{image_size} at once: {_bytes(need)} of memory, "
+            f"with {_bytes(available)} available; ask for fewer per run"
+        )
+
+
+def _bytes(count: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if count < 1000 or unit == "PB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} PB"
 
 
 def check_request(
