@@ -35,6 +35,7 @@ from rcdm_cli.checkpoint.metadata import CheckpointMeta
 from rcdm_cli.checkpoint.store import read_meta, save_checkpoint
 from rcdm_cli.errors import RcdmError, UsageError
 from rcdm_cli.fileio import make_temp_dir, probe_writable, write_bytes
+from rcdm_cli.folderlock import holds_only_lock
 from rcdm_cli.tensorfile import pickle_refusal
 
 _STEP_DIR = re.compile(r"^step-(\d{7,})$")
@@ -84,7 +85,7 @@ class RunDir:
         if root.exists() and not root.is_dir():
             raise UsageError(f"{root} is a file; give --out a folder")
         probe_writable(root)
-        if not root.is_dir() or not any(root.iterdir()) or overwrite:
+        if not root.is_dir() or holds_only_lock(root) or overwrite:
             return
         if self.complete_checkpoints():
             raise UsageError(

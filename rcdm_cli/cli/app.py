@@ -29,6 +29,7 @@ from rcdm_cli.cli import sample as sample_cmd
 from rcdm_cli.cli import train as train_cmd
 from rcdm_cli.cli.console import err, settings, setup_logging
 from rcdm_cli.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, RcdmError, Terminated
+from rcdm_cli.folderlock import release_all
 
 app = typer.Typer(
     name="rcdm",
@@ -126,7 +127,10 @@ def run(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     try:
         with _sigterm_interrupts():
-            result = command.main(args=argv, prog_name="rcdm", standalone_mode=False)
+            try:
+                result = command.main(args=argv, prog_name="rcdm", standalone_mode=False)
+            finally:
+                release_all()  # the output folders this command claimed
         return result if isinstance(result, int) else 0
     except typer.Exit as exc:
         return exc.exit_code

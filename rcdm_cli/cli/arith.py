@@ -27,6 +27,7 @@ from rcdm_cli.cli.sample import (
     WEIGHTS,
 )
 from rcdm_cli.errors import UsageError
+from rcdm_cli.folderlock import claim
 
 
 def arith(
@@ -124,6 +125,7 @@ def arith(
             load_image(p)
     layout = SampleLayout(out, names, n)
     overview = out / "overview.png"
+    claim(out, "arith")  # one run per folder: a second one started beside it fails here
     check_writable([*layout.planned(False), overview], overwrite)
 
     operand_reps = encode_with_status(run, pictures, batch_size)

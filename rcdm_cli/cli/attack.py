@@ -26,6 +26,7 @@ from rcdm_cli.cli.sample import (
     WEIGHTS,
 )
 from rcdm_cli.errors import UsageError
+from rcdm_cli.folderlock import claim
 
 FILES = ("clean", "adversarial", "perturbation", "grid")
 
@@ -107,6 +108,7 @@ def attack(
     pictures = [load_image(p) for p in paths]
     names = unique_names([p.stem for p in paths])
     files = {name: {k: out / name / f"{k}.png" for k in FILES} | {"tensors": out / name / "tensors.safetensors"} for name in names}
+    claim(out, "attack")  # one run per folder: a second one started beside it fails here
     check_writable([f for group in files.values() for f in group.values()] + [out / "manifest.json"], overwrite)
 
     # 2. The attack, on exactly the tensors that are saved.

@@ -29,6 +29,7 @@ def demo(
     from rcdm_cli.demo.run import DemoSettings, clear_outputs, holds_demo, run_demo
     from rcdm_cli.devices import resolve_device
     from rcdm_cli.errors import Terminated, UsageError
+    from rcdm_cli.folderlock import claim
 
     if steps is not None and steps <= 0:
         raise UsageError("--steps must be positive")
@@ -40,6 +41,7 @@ def demo(
     demo_settings = DemoSettings.full(out, **overrides) if full else DemoSettings(out=out, **overrides)
     if released:
         demo_settings.checkpoint = "released:dino-head"
+    claim(out, "demo")  # one demo per folder at a time
     try:
         result = run_demo(demo_settings, resolve_device(settings.device), event=lambda m: log.info("%s", m))
     except Terminated:  # SIGTERM (see cli/app.py): what it finished stays, and no report claims more

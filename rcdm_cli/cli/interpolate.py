@@ -27,6 +27,7 @@ from rcdm_cli.cli.sample import (
     WEIGHTS,
 )
 from rcdm_cli.errors import UsageError
+from rcdm_cli.folderlock import claim
 
 
 def interpolate(
@@ -93,6 +94,7 @@ def interpolate(
     check_fits_memory(frames * n, run.meta.image_size, f"--frames {frames} x --rows {n}")
     pictures = [load_image(p[0]) for p in paths]
     layout = StripLayout(out, frames, n, animation)
+    claim(out, "interpolate")  # one run per folder: a second one started beside it fails here
     check_writable(layout.planned(), overwrite)
 
     ends = encode_with_status(run, pictures, batch_size)

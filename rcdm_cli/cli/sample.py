@@ -13,6 +13,7 @@ from rcdm_cli.cli.completion import complete_checkpoint, complete_encoder, compl
 from rcdm_cli.cli.console import log, print_json, settings
 from rcdm_cli.cli.downloads import download_progress
 from rcdm_cli.errors import UsageError
+from rcdm_cli.folderlock import claim
 
 
 def parse_random_rep(spec: str) -> int | None:
@@ -153,6 +154,7 @@ def sample(
     else:
         names = [f"rep-{j:03d}" for j in range(reps.shape[0] if reps is not None else random_count)]
     layout = SampleLayout(out, names, n)
+    claim(out, "sample")  # one run per folder: a second one started beside it fails here
     check_writable(layout.planned(save_tensors_), overwrite)
 
     # 2. Representations, then samples; each input's files are written as soon as

@@ -11,6 +11,7 @@ import typer
 from rcdm_cli.cli.completion import complete_encoder, complete_layer, complete_preset
 from rcdm_cli.cli.console import StepProgress, log, print_json, settings, setup_logging
 from rcdm_cli.errors import UsageError
+from rcdm_cli.folderlock import claim
 
 # Options that decide what the run computes: --resume refuses a value that differs
 # from the run's. Every other option (the length of the run, how often it saves, logs
@@ -181,6 +182,8 @@ def train(
         if data is None or encoder is None or out is None:
             raise UsageError("give DATA, --encoder and --out (or --resume RUN_DIR)")
         config = TrainConfig(data=str(data), out=str(out), **values)
+    if from_environment().is_main:  # one run per folder; torchrun's other ranks write through rank 0's claim
+        claim(config.out, "train")
     trainer = Trainer(config, resolve_device(settings.device), resume=resume is not None, overwrite=overwrite)
     with StepProgress("training", trainer.config.steps) as bar:
         trainer.reporter = _CLIReporter(bar)
