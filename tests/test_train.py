@@ -696,3 +696,26 @@ def test_checkpoint_folders_respect_the_umask(shapes, tmp_path):
     step_dir = RunDir(tmp_path / "run").latest()[1]
     assert step_dir.stat().st_mode & 0o777 == 0o755  # readable by colleagues, as mkdir makes it
     assert (step_dir / "model.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_full_disk_during_torch_save_is_named_and_the_previous_checkpoint_kept(capsys, shapes, tmp_path, monkeypatch):
+    """torch.save reports a full disk as a RuntimeError about stream positions; the
+    run says what happened instead of an internal error."""
+    import rcdm_cli.checkpoint.rundir as rundir
+
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def stream_failure(obj, path, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        return real_save(obj, path, *a, **kw)
+
+    monkeypatch.setattr(rundir.torch, "save", stream_failure)
+    args = [shapes, *COMMON, "--batch-size", 4, "--steps", 6, "--save-every", 3, "--log-every", 1, "--sample-every", 1000]
+    code, _, err = rcdm(capsys, "train", *args, "--out", tmp_path / "full")
+    line = err.strip().splitlines()[-1]
+    assert code == 1 and "internal error" not in line
+    assert "could not save the checkpoint of step 6: writing state.pt failed with" in line and "MiB free" in line
+    assert "step-0000003) is intact" in line

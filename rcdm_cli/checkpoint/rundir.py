@@ -21,6 +21,7 @@ complete checkpoint and never a half-written one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -183,7 +184,7 @@ class RunDir:
         tmp = make_temp_dir(f".tmp-{final.name}-", self.checkpoints)
         try:
             save_checkpoint(tmp / "model.safetensors", weights, meta)
-            torch.save(state, tmp / "state.pt")
+            _save_state(state, tmp / "state.pt")
             if final.exists():  # saving the same step twice (e.g. a signal right after a save)
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -231,6 +232,21 @@ class RunDir:
             except json.JSONDecodeError:
                 continue  # a line cut by a crash
         write_bytes(self.metrics_path, ("\n".join(kept) + "\n" if kept else "").encode())
+
+
+def _save_state(state: dict[str, Any], path: Path) -> None:
+    """torch.save, whose failure to write (a full disk) surfaces as a RuntimeError with
+    a message about stream positions: turned into the OSError it is, with the free
+    space that explains it."""
+    try:
+        torch.save(state, path)
+    except RuntimeError as exc:
+        free = shutil.disk_usage(path.parent).free
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OSError(
+            errno.ENOSPC if free < 64 * 2**20 else errno.EIO,
+            f"writing {path.name} failed with {free / 2**20:.0f} MiB free on its disk ({detail})",
+        ) from None
 
 
 def _damage(step_dir: Path) -> str | None:
