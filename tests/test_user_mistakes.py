@@ -79,3 +79,11 @@ def test_absurd_counts_are_refused_before_any_work(capsys, image, tmp_path):
     code, line = _error(capsys, "interpolate", image, image, "-c", "init:tiny", "--encoder", "random", "--frames", 9000,
                         "--rows", 10**6, "-o", tmp_path / "i")
     assert code == 2 and "--frames 9000 x --rows 1000000 asks for" in line
+
+
+def test_offline_names_every_missing_file_at_once(capsys, image, tmp_path, monkeypatch):
+    monkeypatch.setenv("RCDM_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("RCDM_OFFLINE", "1")
+    code, line = _error(capsys, "sample", image, "-c", "released:dino-head", "-o", tmp_path / "o")
+    assert code == 1 and "2 files are not in the cache and RCDM_OFFLINE is set" in line
+    assert "rcdm_ema_dino_head.pt -> " in line and "dino_resnet50_pretrain_full_checkpoint.pth -> " in line

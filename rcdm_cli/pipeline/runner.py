@@ -17,6 +17,7 @@ from rcdm_cli.checkpoint.download import Progress
 from rcdm_cli.checkpoint.hashing import file_sha256
 from rcdm_cli.checkpoint.resolve import ResolvedCheckpoint, resolve_checkpoint
 from rcdm_cli.encoders import Encoder, get_registry
+from rcdm_cli.errors import RcdmError
 from rcdm_cli.pipeline.conditioning import ConditioningPlan, default_checkpoint, plan_conditioning
 from rcdm_cli.pipeline.model import RCDMModel
 from rcdm_cli.pipeline.sampling import (
@@ -80,6 +81,7 @@ class RCDMRun:
         if self.plan is None:
             raise RuntimeError("this run conditions on vectors, it has no encoder")
         if self._encoder is None:
+            _check_offline_files(self.spec, self.plan)
             self._encoder = self.plan.build(self.device, progress=self.download_progress)
         return self._encoder
 
@@ -90,6 +92,7 @@ class RCDMRun:
     @property
     def model(self) -> RCDMModel:
         if self._model is None:
+            _check_offline_files(self.spec, self.plan)
             self._model = RCDMModel.from_checkpoint(self.checkpoint, self.device, progress=self.download_progress)
         return self._model
 
@@ -125,3 +128,33 @@ class RCDMRun:
         if self._encoder is not None:
             info.update(weights=self._encoder.weights_id, weights_file=self._encoder.weights_file, plugin=self._encoder.plugin)
         return info
+
+
+def _check_offline_files(spec: str, plan: ConditioningPlan | None) -> None:
+    """With RCDM_OFFLINE, before the first file is fetched: name every file the run
+    needs that is not in the cache (the released checkpoint and the encoder's
+    weights) in one error, rather than the first one now and the next after it has
+    been fetched by hand."""
+    from rcdm_cli.checkpoint.download import offline
+    from rcdm_cli.checkpoint.released import get_released
+    from rcdm_cli.checkpoint.resolve import released_path
+    from rcdm_cli.encoders.weights import encoder_cache_dir
+
+    if not offline():
+        return
+    missing = []
+    if spec.startswith("released:"):
+        entry, path = get_released(spec[len("released:"):]), released_path(spec[len("released:"):])
+        if not path.exists():
+            missing.append((entry.url, path))
+    if plan is not None and plan.weights_path is None:
+        entry, parsed = get_registry().get(plan.encoder)
+        source = entry.spec.weight_source(parsed.variant)
+        if source is not None and source.url and not (encoder_cache_dir() / source.file_name).exists():
+            missing.append((source.url, encoder_cache_dir() / source.file_name))
+    if len(missing) > 1:
+        listed = "; ".join(f"{url} -> {path}" for url, path in missing)
+        raise RcdmError(
+            f"{len(missing)} files are not in the cache and RCDM_OFFLINE is set; download them by other means and "
+            f"put them in place: {listed}"
+        )
