@@ -338,24 +338,33 @@ def test_globs_take_only_images_and_linked_folders_are_followed(capsys, images, 
     assert [p.name for p in expand_inputs([str(tmp_path / "data")])] == ["one.png"]
 
 
-def test_an_interrupted_run_keeps_the_finished_inputs(capsys, images, random_ckpt, tmp_path, monkeypatch):
+def _stop_in_second_batch(monkeypatch, stop) -> None:
+    """Make the sampler call ``stop()`` as the second batch starts."""
     import rcdm_cli.pipeline.sampling as sampling
 
     real = sampling.get_sampler
     calls = []
 
-    def failing_second_batch(name):
+    def stopping(name):
         sampler = real(name)
 
         def wrapped(*args, **kwargs):
             calls.append(1)
             if len(calls) == 2:
-                raise KeyboardInterrupt
+                stop()
             return sampler(*args, **kwargs)
 
         return wrapped
 
-    monkeypatch.setattr(sampling, "get_sampler", failing_second_batch)
+    monkeypatch.setattr(sampling, "get_sampler", stopping)
+
+
+def _ctrl_c():
+    raise KeyboardInterrupt
+
+
+def test_an_interrupted_run_keeps_the_finished_inputs(capsys, images, random_ckpt, tmp_path, monkeypatch):
+    _stop_in_second_batch(monkeypatch, _ctrl_c)
     out = tmp_path / "s"
     code, _, err = rcdm(capsys, "sample", images[0], images[1], "-c", random_ckpt, "-n", 2, "-b", 2, *FAST, "-o", out)
     assert code == 130 and "interrupted" in err and "stopped after 1 of 2 input(s)" in err
@@ -523,23 +532,7 @@ def test_sigterm_stops_sampling_as_ctrl_c_does(capsys, images, random_ckpt, tmp_
     import os
     import signal
 
-    import rcdm_cli.pipeline.sampling as sampling
-
-    real = sampling.get_sampler
-    calls = []
-
-    def terminated_in_second_batch(name):
-        sampler = real(name)
-
-        def wrapped(*args, **kwargs):
-            calls.append(1)
-            if len(calls) == 2:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return sampler(*args, **kwargs)
-
-        return wrapped
-
-    monkeypatch.setattr(sampling, "get_sampler", terminated_in_second_batch)
+    _stop_in_second_batch(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGTERM))
     out = tmp_path / "s"
     code, _, err = rcdm(capsys, "sample", images[0], images[1], "-c", random_ckpt, "-n", 2, "-b", 2, *FAST, "-o", out)
     lines = err.strip().splitlines()
