@@ -134,9 +134,10 @@ def available_memory() -> int | None:
     """Bytes of memory available now (Linux's MemAvailable; else the physical total),
     or None where neither can be read."""
     try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     try:
