@@ -35,13 +35,13 @@ def demo(
         raise UsageError("--steps must be positive")
     if seed < 0:
         raise UsageError(f"--seed must be a non-negative integer, got {seed}")
+    claim(out, "demo")  # one demo per folder at a time, claimed before anything there is touched
     if overwrite and holds_demo(out):  # never a folder of the user's that merely has a data/ in it
         clear_outputs(out)
     overrides = {"seed": seed, **({"steps": steps} if steps is not None else {})}
     demo_settings = DemoSettings.full(out, **overrides) if full else DemoSettings(out=out, **overrides)
     if released:
         demo_settings.checkpoint = "released:dino-head"
-    claim(out, "demo")  # one demo per folder at a time
     try:
         result = run_demo(demo_settings, resolve_device(settings.device), event=lambda m: log.info("%s", m))
     except Terminated:  # SIGTERM (see cli/app.py): what it finished stays, and no report claims more
