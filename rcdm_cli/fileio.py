@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from rcdm_cli.errors import RcdmError, UsageError
 
@@ -83,12 +83,15 @@ def probe_writable(folder: Path) -> None:
         raise RcdmError(f"cannot write into {existing}: {exc.strerror or exc}; choose another --out") from None
 
 
-def check_writable(paths: list[Path], overwrite: bool) -> None:
+def check_writable(paths: Iterable[Path], overwrite: bool) -> None:
     """Refuse, before any work starts, to replace existing files without ``overwrite``,
     and outputs that could not be written at all (a folder in the way of a file, a
-    file in the way of a folder, a folder where no file can be created)."""
+    file in the way of a folder, a folder where no file can be created). One pass
+    over ``paths``, which may be a generator (a run of millions of outputs need not
+    list them in memory)."""
     checked: set[Path] = set()
     probed: set[Path] = set()
+    first_existing, existing = None, 0
     for p in paths:
         if p.is_dir():
             raise UsageError(f"{p} is a folder, where an output file would go")
@@ -103,12 +106,11 @@ def check_writable(paths: list[Path], overwrite: bool) -> None:
                     probed.add(parent)
                     probe_writable(parent)
                 break
-    if overwrite:
-        return
-    existing = [p for p in paths if p.exists()]
+        if not overwrite and p.exists():
+            first_existing, existing = first_existing or p, existing + 1
+    if existing > 1:
+        raise UsageError(
+            f"{first_existing} and {existing - 1} more output file(s) already exist; pass --overwrite to replace them"
+        )
     if existing:
-        if len(existing) > 1:
-            raise UsageError(
-                f"{existing[0]} and {len(existing) - 1} more output file(s) already exist; pass --overwrite to replace them"
-            )
-        raise UsageError(f"{existing[0]} already exists; pass --overwrite to replace it")
+        raise UsageError(f"{first_existing} already exists; pass --overwrite to replace it")

@@ -110,6 +110,19 @@ def _expand_one(item: str) -> Path | list[Path]:
     raise UsageError(f"no such image: {item}")
 
 
+def check_image(path: str | Path) -> None:
+    """Fail now if ``path`` is missing or not an image (its header, not its pixels),
+    so that a long run that reads its images as it goes finds most bad inputs first."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"no such image: {path}")
+    try:
+        with Image.open(path) as im:
+            im.size  # noqa: B018 - parsing the header is the check
+    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise _unreadable(path, exc) from None
+
+
 def load_image(path: str | Path) -> Image.Image:
     """An RGB image; a missing file is a usage error, an unreadable one a runtime error."""
     path = Path(path)
@@ -119,10 +132,14 @@ def load_image(path: str | Path) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             return as_seen(im)
-    except Image.DecompressionBombError:
-        raise RcdmError(
+    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: Exception) -> RcdmError:
+    if isinstance(exc, Image.DecompressionBombError):
+        return RcdmError(
             f"cannot read image {path}: more than {2 * Image.MAX_IMAGE_PIXELS} pixels, Pillow's limit against "
             "decompression bombs (raise PIL.Image.MAX_IMAGE_PIXELS in a script if the image is genuine)"
-        ) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise RcdmError(f"cannot read image {path}: {exc}") from None
+        )
+    return RcdmError(f"cannot read image {path}: {exc}")

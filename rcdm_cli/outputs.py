@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from PIL import Image
@@ -36,13 +37,14 @@ class SampleLayout:
     def tensors_path(self) -> Path:
         return self.out / "samples.safetensors"
 
-    def planned(self, save_tensors: bool) -> list[Path]:
-        paths = [self.sample_path(j, k) for j in range(len(self.names)) for k in range(self.n)]
-        paths += [self.grid_path(j) for j in range(len(self.names))]
-        paths.append(self.manifest_path)
+    def planned(self, save_tensors: bool) -> Iterator[Path]:
+        """Every file the run will write, one at a time (a run may plan millions)."""
+        for j in range(len(self.names)):
+            yield from (self.sample_path(j, k) for k in range(self.n))
+            yield self.grid_path(j)
+        yield self.manifest_path
         if save_tensors:
-            paths.append(self.tensors_path)
-        return paths
+            yield self.tensors_path
 
 
 def unique_names(stems: list[str]) -> list[str]:

@@ -541,3 +541,26 @@ def test_sigterm_stops_sampling_as_ctrl_c_does(capsys, images, random_ckpt, tmp_
     assert manifest["complete"] is False and [o["name"] for o in manifest["outputs"]] == ["img0"]
     assert not (out / "img1-grid.png").exists() and not list(out.rglob(".*.tmp"))
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back after the command
+
+
+def test_sampling_in_parts_draws_and_writes_what_one_part_would(capsys, images, random_ckpt, tmp_path, monkeypatch):
+    """A long list of inputs is read, encoded, sampled and written a few inputs at a
+    time (so a million-image batch job holds one part in memory), with the very
+    samples, seeds and manifest of a run done in one part."""
+    import rcdm_cli.cli.sample as sample_cmd
+
+    inputs = [*images, *images[:2]]  # five inputs, two sharing a stem with others
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    code, out, err = rcdm(capsys, "sample", *inputs, "-c", random_ckpt, "-n", 2, "-b", 3, *FAST, "-o", whole, "--json")
+    assert code == 0, err
+    one = json.loads(out)
+    monkeypatch.setattr(sample_cmd, "STREAM_SAMPLES", 4)  # two inputs (of 2 samples) per part: three parts
+    code, out, err = rcdm(capsys, "sample", *inputs, "-c", random_ckpt, "-n", 2, "-b", 3, *FAST, "-o", parts, "--json")
+    assert code == 0, err
+    streamed = json.loads(out)
+    assert streamed["complete"] and [o["name"] for o in streamed["outputs"]] == [o["name"] for o in one["outputs"]]
+    assert [o["seeds"] for o in streamed["outputs"]] == [o["seeds"] for o in one["outputs"]]
+    for a, b in zip(one["outputs"], streamed["outputs"]):
+        for x, y in zip(a["samples"], b["samples"]):
+            assert np.array_equal(np.asarray(Image.open(x)), np.asarray(Image.open(y)))
+    assert streamed["timings"]["seconds_per_image"] > 0

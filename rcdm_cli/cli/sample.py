@@ -10,7 +10,7 @@ import typer
 
 from rcdm_cli import __version__
 from rcdm_cli.cli.completion import complete_checkpoint, complete_encoder, complete_layer
-from rcdm_cli.cli.console import log, print_json, settings
+from rcdm_cli.cli.console import StepProgress, log, print_json, settings, status
 from rcdm_cli.cli.downloads import download_progress
 from rcdm_cli.errors import UsageError
 from rcdm_cli.folderlock import claim
@@ -32,6 +32,10 @@ def parse_random_rep(spec: str) -> int | None:
 
 
 # Options shared by the commands that sample (sample, interpolate, arith, attack).
+# At most this many samples are held in memory at once: `rcdm sample` draws and writes
+# its inputs a part at a time, so a batch job over a million images runs in the
+# memory of one part (about 200 MB at 128x128).
+STREAM_SAMPLES = 1024
 CHECKPOINT = typer.Option(
     None, "--checkpoint", "-c",
     help="released:NAME, init:PRESET, an rcdm checkpoint file or a training run folder "
@@ -108,11 +112,10 @@ def sample(
     """
     import torch
 
-    from rcdm_cli.cli.common import encode_with_status, sample_with_progress
     from rcdm_cli.devices import resolve_device
     from rcdm_cli.fileio import check_writable, write_json
     from rcdm_cli.imaging import to_pil
-    from rcdm_cli.inputs import expand_inputs, load_image
+    from rcdm_cli.inputs import check_image, expand_inputs, load_image
     from rcdm_cli.outputs import SampleLayout, unique_names, write_input
     from rcdm_cli.pipeline.runner import RCDMRun
     from rcdm_cli.pipeline.sampling import SamplingOptions, check_fits_memory, load_noise, resolved_eta, sample_seed
@@ -146,39 +149,39 @@ def sample(
     ))
     diffusion = run.check(reps, n, options)
     rows = len(inputs) if inputs else (reps.shape[0] if reps is not None else random_count)
-    check_fits_memory(rows * n, run.meta.image_size, f"-n {n} for {rows} input(s)")
+    # Samples are drawn and written a part at a time (STREAM_SAMPLES at most), so that
+    # a batch job of a million inputs holds one part in memory; --save-tensors keeps
+    # them all and so needs them to fit.
+    per_part = rows if save_tensors_ else max(1, min(rows, STREAM_SAMPLES // n))
+    check_fits_memory(per_part * n, run.meta.image_size, f"-n {n} for {per_part} input(s)")
     noise_tensor = load_noise(load_tensor(noise, preferred=("noise",)), n, run.meta.image_size) if noise else None
-    pictures = [load_image(p) for p in inputs]  # unreadable images fail here, before any work
+    for path in inputs:  # unreadable images fail here, before any work (their headers; pixels as they are read)
+        check_image(path)
     if inputs:
         names = unique_names([p.stem for p in inputs])
     else:
-        names = [f"rep-{j:03d}" for j in range(reps.shape[0] if reps is not None else random_count)]
+        names = [f"rep-{j:03d}" for j in range(rows)]
     layout = SampleLayout(out, names, n)
     claim(out, "sample")  # one run per folder: a second one started beside it fails here
     check_writable(layout.planned(save_tensors_), overwrite)
 
-    # 2. Representations, then samples; each input's files are written as soon as
-    # its samples are complete, so an interrupted run keeps what it finished.
+    # 2. Representations, then samples, a part at a time; each input's files are
+    # written as soon as its samples are complete, so an interrupted run keeps what
+    # it finished.
     started = time.perf_counter()
-    if inputs:
-        reps = encode_with_status(run, pictures, batch_size)
-    elif reps is None:
+    if reps is None and not inputs:
         reps = torch.randn(random_count, run.meta.rep_dim, generator=torch.Generator().manual_seed(seed))
-    encode_seconds = time.perf_counter() - started
-    shown = [to_pil(diffusion_target(im, run.meta.image_size)) for im in pictures] if pictures else None
-    written: dict[int, tuple[list[str], str]] = {}
+    written: dict[int, tuple[list[str], str, list[int]]] = {}
+    timings = {"encode_seconds": 0.0, "sample_seconds": 0.0}
 
-    def write_row(j: int, row: torch.Tensor) -> None:
-        written[j] = write_input(layout, j, row, shown[j] if shown else None)
-
-    def manifest(result=None) -> dict:
+    def manifest(complete: bool) -> dict:
         return {
             "command": "sample",
             "rcdm_version": __version__,
-            "complete": result is not None,
+            "complete": complete,
             "checkpoint": run.checkpoint_info(),
             "encoder": run.encoder_info(),
-            "inputs": [str(p) for p in inputs] if inputs else {"rep": rep, "count": int(reps.shape[0])},
+            "inputs": [str(p) for p in inputs] if inputs else {"rep": rep, "count": rows},
             "n": n,
             "image_size": run.meta.image_size,
             "sampling": {
@@ -187,36 +190,63 @@ def sample(
             },
             "device": str(run.device),
             "outputs": [
-                {"name": names[j], "grid": written[j][1], "samples": written[j][0], "seeds": seeds[j]}
+                {"name": names[j], "grid": written[j][1], "samples": written[j][0], "seeds": written[j][2]}
                 for j in sorted(written)
             ],
-            "tensors": str(layout.tensors_path) if save_tensors_ and result is not None else None,
+            "tensors": str(layout.tensors_path) if save_tensors_ and complete else None,
             "timings": {
-                "encode_seconds": round(encode_seconds, 3),
-                "sample_seconds": round(result.seconds, 3) if result else None,
-                "seconds_per_image": round(result.seconds / (reps.shape[0] * n), 4) if result else None,
+                "encode_seconds": round(timings["encode_seconds"], 3),
+                "sample_seconds": round(timings["sample_seconds"], 3) if complete else None,
+                "seconds_per_image": round(timings["sample_seconds"] / (rows * n), 4) if complete else None,
                 "total_seconds": round(time.perf_counter() - started, 3),
             },
         }
 
-    seeds = [[sample_seed(seed, j, k) for k in range(n)] for j in range(reps.shape[0])]
+    with status(f"loading {run.spec}"):
+        run.model  # noqa: B018 - load (and download) before the progress bar starts
+    parts = [(a, min(rows, a + per_part)) for a in range(0, rows, per_part)]
+    batches = [-(-(b - a) * n // options.batch_size) for a, b in parts]
+    steps_total = sum(batches) * diffusion.num_timesteps
     try:
-        result = sample_with_progress(run, reps, n, options, diffusion.num_timesteps, noise=noise_tensor, on_row=write_row)
+        with StepProgress(f"sampling {rows * n} images", steps_total) as bar:
+            for (a, b), done_before in zip(parts, [sum(batches[:i]) for i in range(len(parts))]):
+                if inputs:
+                    pictures = [load_image(p) for p in inputs[a:b]]
+                    encode_start = time.perf_counter()
+                    part_reps = run.encode(pictures, batch_size)
+                    timings["encode_seconds"] += time.perf_counter() - encode_start
+                    shown = [to_pil(diffusion_target(im, run.meta.image_size)) for im in pictures]
+                else:
+                    part_reps, shown = reps[a:b], None
+
+                def write_row(j: int, row: torch.Tensor, a=a, shown=shown) -> None:
+                    paths, grid = write_input(layout, a + j, row, shown[j] if shown else None)
+                    written[a + j] = (paths, grid, [sample_seed(seed, a + j, k) for k in range(n)])
+
+                def report(p, done_before=done_before, a=a, b=b) -> None:
+                    bar.update(
+                        (done_before + p.batch - 1) * p.steps + p.step,
+                        f"inputs {a + 1}-{b} of {rows}, batch {p.batch}/{p.batches}, step {p.step}/{p.steps}",
+                    )
+
+                result = run.sample(part_reps, n, options, noise=noise_tensor, on_row=write_row, first_row=a, progress=report)
+                timings["sample_seconds"] += result.seconds
     except BaseException:
         if written:  # say what the finished inputs are, and that the run is not whole
-            write_json(layout.manifest_path, manifest())
+            write_json(layout.manifest_path, manifest(False))
             log.warning(
                 "stopped after %d of %d input(s); their files and an incomplete manifest are in %s",
                 len(written), len(names), out,
             )
         raise
-    if save_tensors_:
-        save_tensors(layout.tensors_path, {"samples": result.samples, "reps": reps}, {"rcdm": __version__})
-    final = manifest(result)
+    if save_tensors_:  # one part: every sample is in this last result
+        all_reps = part_reps if inputs else reps
+        save_tensors(layout.tensors_path, {"samples": result.samples, "reps": all_reps}, {"rcdm": __version__})
+    final = manifest(True)
     write_json(layout.manifest_path, final)
     if json_out:
         print_json(final)
     log.info(
         "wrote %d sample(s) and %d grid(s) to %s in %.1f s; manifest: %s",
-        reps.shape[0] * n, len(names), out, result.seconds, layout.manifest_path,
+        rows * n, len(names), out, timings["sample_seconds"], layout.manifest_path,
     )

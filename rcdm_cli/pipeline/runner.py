@@ -106,9 +106,11 @@ class RCDMRun:
         same_noise: bool = False,
         progress: Callable[[SampleBatchProgress], None] | None = None,
         on_row: Callable[[int, torch.Tensor], None] | None = None,
+        first_row: int = 0,
     ) -> SampleResult:
         return sample_representations(
-            self.model, reps, n, options, noise=noise, same_noise=same_noise, progress=progress, on_row=on_row
+            self.model, reps, n, options, noise=noise, same_noise=same_noise, progress=progress, on_row=on_row,
+            first_row=first_row,
         )
 
     def checkpoint_info(self) -> dict:

@@ -226,8 +226,12 @@ def sample_representations(
     same_noise: bool = False,
     progress: Callable[[SampleBatchProgress], None] | None = None,
     on_row: Callable[[int, torch.Tensor], None] | None = None,
+    first_row: int = 0,
 ) -> SampleResult:
     """Draw ``n`` samples for each row of ``reps``; returns images in [-1, 1].
+
+    ``first_row`` is the position of ``reps[0]`` in a longer run drawn in parts: the
+    samples (whose noise is seeded by position) are those the whole run would draw.
 
     With ``same_noise`` every row uses the same n random streams (initial and
     per-step noise), so that differences between rows come from the representation
@@ -246,7 +250,7 @@ def sample_representations(
     sampler = get_sampler(options.sampler)
 
     jobs = [(j, k) for j in range(reps.shape[0]) for k in range(n)]
-    seeds = [[sample_seed(options.seed, 0 if same_noise else j, k) for k in range(n)] for j in range(reps.shape[0])]
+    seeds = [[sample_seed(options.seed, 0 if same_noise else first_row + j, k) for k in range(n)] for j in range(reps.shape[0])]
     out = torch.empty(reps.shape[0], n, 3, size, size)
     batches = [jobs[i : i + options.batch_size] for i in range(0, len(jobs), options.batch_size)]
     start = time.perf_counter()
