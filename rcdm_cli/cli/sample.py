@@ -171,7 +171,7 @@ def sample(
     started = time.perf_counter()
     if reps is None and not inputs:
         reps = torch.randn(random_count, run.meta.rep_dim, generator=torch.Generator().manual_seed(seed))
-    written: dict[int, tuple[list[str], str, list[int]]] = {}
+    written: set[int] = set()  # inputs whose files are complete (their paths follow from the layout)
     timings = {"encode_seconds": 0.0, "sample_seconds": 0.0}
 
     def manifest(complete: bool) -> dict:
@@ -190,7 +190,11 @@ def sample(
             },
             "device": str(run.device),
             "outputs": [
-                {"name": names[j], "grid": written[j][1], "samples": written[j][0], "seeds": written[j][2]}
+                {
+                    "name": names[j], "grid": str(layout.grid_path(j)),
+                    "samples": [str(layout.sample_path(j, k)) for k in range(n)],
+                    "seeds": [sample_seed(seed, j, k) for k in range(n)],
+                }
                 for j in sorted(written)
             ],
             "tensors": str(layout.tensors_path) if save_tensors_ and complete else None,
@@ -220,8 +224,8 @@ def sample(
                     part_reps, shown = reps[a:b], None
 
                 def write_row(j: int, row: torch.Tensor, a=a, shown=shown) -> None:
-                    paths, grid = write_input(layout, a + j, row, shown[j] if shown else None)
-                    written[a + j] = (paths, grid, [sample_seed(seed, a + j, k) for k in range(n)])
+                    write_input(layout, a + j, row, shown[j] if shown else None)
+                    written.add(a + j)
 
                 def report(p, done_before=done_before, a=a, b=b) -> None:
                     bar.update(
