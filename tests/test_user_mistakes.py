@@ -87,3 +87,30 @@ def test_offline_names_every_missing_file_at_once(capsys, image, tmp_path, monke
     code, line = _error(capsys, "sample", image, "-c", "released:dino-head", "-o", tmp_path / "o")
     assert code == 1 and "2 files are not in the cache and RCDM_OFFLINE is set" in line
     assert "rcdm_ema_dino_head.pt -> " in line and "dino_resnet50_pretrain_full_checkpoint.pth -> " in line
+
+
+def test_non_finite_numbers_are_refused_before_any_work(capsys, tmp_path):
+    code, line = _error(capsys, "sample", "--rep", "random:1", "-c", "init:tiny", "--sampler", "ddim", "--eta", "inf",
+                        "-o", tmp_path / "s")
+    assert code == 2 and "--eta must be a finite number" in line
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (32, 32)).save(data / "a.png")
+    for flag, value, message in [("--lr", "nan", "--lr must be a positive finite"), ("--lr", "inf", "--lr must be a positive finite"),
+                                 ("--weight-decay", "nan", "--weight-decay must be a non-negative finite")]:
+        code, line = _error(capsys, "train", data, "--encoder", "random", "--preset", "tiny", "--steps", 1,
+                            "--out", tmp_path / "run", flag, value)
+        assert code == 2 and message in line and "internal error" not in line, line
+        assert not (tmp_path / "run").exists()
+
+
+def test_fid_refuses_an_oversized_image_in_one_line(tmp_path, monkeypatch):
+    from rcdm_cli.errors import RcdmError
+    from rcdm_cli.evaluation import fid
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (64, 64)).save(folder / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(RcdmError, match="could not read .*big.png"):
+        fid.image_sizes(folder)

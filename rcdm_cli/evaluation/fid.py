@@ -47,7 +47,7 @@ def image_sizes(folder: Path) -> set[tuple[int, int]]:
         try:
             with Image.open(path) as im:
                 sizes.add(im.size)
-        except (OSError, UnidentifiedImageError) as exc:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
             raise RcdmError(f"could not read {path}: {exc}") from None
     return sizes
 
@@ -82,7 +82,7 @@ def prepare_folder(src: Path, dst: Path, size: int, progress: Callable[[int, int
         try:
             with Image.open(path) as im:
                 resize_and_crop(im, size).save(dst / f"{i:07d}.png")
-        except (OSError, UnidentifiedImageError) as exc:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
             raise RcdmError(f"could not read {path}: {exc}") from None
         if progress is not None:
             progress(i + 1, len(paths))

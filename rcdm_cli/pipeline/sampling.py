@@ -8,6 +8,7 @@ noise on a CPU and on a GPU.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -187,8 +188,8 @@ def check_request(
     get_sampler(options.sampler)
     if options.eta is not None and options.sampler != "ddim":
         raise UsageError("--eta applies to the DDIM sampler only")
-    if options.eta is not None and not options.eta >= 0:
-        raise UsageError(f"--eta must be >= 0, got {options.eta}")
+    if options.eta is not None and not (options.eta >= 0 and math.isfinite(options.eta)):
+        raise UsageError(f"--eta must be a finite number >= 0, got {options.eta}")
     if options.precision not in PRECISIONS:
         raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {options.precision!r}")
     if device is not None:

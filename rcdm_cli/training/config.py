@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,8 +58,10 @@ class TrainConfig:
                 raise UsageError(f"{flag} must be positive, got {value}")
         if self.microbatch < 0 or (self.microbatch and self.batch_size % self.microbatch):
             raise UsageError(f"--microbatch {self.microbatch} must divide --batch-size {self.batch_size}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise UsageError("--lr must be positive and --weight-decay non-negative")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"--lr must be a positive finite number, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UsageError(f"--weight-decay must be a non-negative finite number, got {self.weight_decay}")
         if not self.ema or any(not 0 < r < 1 for r in self.ema):
             raise UsageError(f"--ema rates must lie in (0, 1), got {self.ema}")
         if len(set(self.ema)) != len(self.ema):
