@@ -208,6 +208,9 @@ def sample(
 
     with status(f"loading {run.spec}"):
         run.model  # noqa: B018 - load (and download) before the progress bar starts
+    if inputs:
+        with status(f"loading the encoder {run.plan.encoder}/{run.plan.layer}"):
+            run.encoder  # noqa: B018 - likewise: images are encoded a part at a time under the bar
     parts = [(a, min(rows, a + per_part)) for a in range(0, rows, per_part)]
     batches = [-(-(b - a) * n // options.batch_size) for a, b in parts]
     steps_total = sum(batches) * diffusion.num_timesteps
