@@ -18,7 +18,8 @@ from rcdm_cli.fileio import atomic_path
 
 SUFFIXES = (".safetensors", ".npy", ".pt", ".pth")
 
-# how torch's weights_only loader names the object it would not build
+# torch's two ways of saying a pickle names an object outside the allow-list (a module
+# it blocks outright, such as os or subprocess, or any other global)
 _DISALLOWED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|Trying to load unsupported GLOBAL) (\S+)")
 
 

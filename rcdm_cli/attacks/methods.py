@@ -14,9 +14,9 @@ raises later, while it runs, are still reported as the user's parameters being w
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from dataclasses import dataclass, field
-import math
 from fractions import Fraction
 from typing import Any
 

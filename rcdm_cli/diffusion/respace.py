@@ -14,9 +14,8 @@ signal-to-noise ratio of the process's own noise schedule (DPM-Solver's choice).
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import math
+from typing import Sequence
 
 from rcdm_cli.errors import UsageError
 

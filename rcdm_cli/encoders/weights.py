@@ -107,8 +107,7 @@ def _numpy_globals() -> list[Any]:
 
 SAFE_GLOBALS: list[Any] = [argparse.Namespace, pathlib.PosixPath, pathlib.WindowsPath, *_numpy_globals()]
 
-# torch's two ways of saying a pickle names an object outside the allow-list (a module
-# it blocks outright, such as os or subprocess, or any other global)
+
 def is_safetensors(path: str | Path) -> bool:
     """A safetensors file starts with the 8-byte length of a JSON header that follows."""
     path = Path(path)

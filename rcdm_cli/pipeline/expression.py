@@ -181,7 +181,6 @@ class _Parser:
             self.fail("the expression ends where an image path, a number or '(' is expected")
         self.fail(f"expected an image path, a number or '(' but found {tok.text!r}")
 
-
     def _nested(self, tok: Token) -> Node:
         """A signed factor or a parenthesised expression (``tok`` is the sign or '(')."""
         self.i += 1
