@@ -410,12 +410,12 @@ def test_non_finite_weights_are_never_saved(shapes, tmp_path, monkeypatch):
     original = EMA.update
     calls = {"n": 0}
 
-    def poisoned(self, model):
+    def poisoned(self, model, *args):
         calls["n"] += 1
         if calls["n"] == 6:  # the weights break after the last step before a save
             with torch.no_grad():
                 next(model.parameters()).view(-1)[0] = float("inf")
-        original(self, model)
+        original(self, model, *args)
 
     monkeypatch.setattr(EMA, "update", poisoned)
     with pytest.raises(RcdmError, match=r"weights became NaN or infinite at step 6.*last good checkpoint is .*step-0000003"):

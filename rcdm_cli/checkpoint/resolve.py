@@ -43,6 +43,7 @@ class ResolvedCheckpoint:
     _loader: Callable[[Progress | None], dict[str, torch.Tensor] | None] = field(repr=False)
     _state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
     _loaded: bool = field(default=False, repr=False)
+    weight_set: str | None = None  # which stored set load() reads (None: no choice, as for init:)
 
     def load(self, progress: Progress | None = None) -> dict[str, torch.Tensor] | None:
         """The weights (None for an ``init:`` model), checked against the metadata."""
@@ -60,12 +61,31 @@ def released_path(name: str) -> Path:
     return cache_path("checkpoints", get_released(name).filename)
 
 
+def weight_set_name(meta: CheckpointMeta, wanted: str | None, source: str) -> str:
+    """The stored set that ``wanted`` names: None, the checkpoint's default; ``ema``,
+    its default moving average (a run's first --ema rate); ``model``, the raw
+    weights; or a set's exact name (``ema-0.999``)."""
+    if wanted is None:
+        return meta.default_weights
+    if wanted == "ema" and wanted not in meta.weight_sets:
+        averages = [name for name in meta.weight_sets if name.startswith("ema")]
+        if meta.default_weights in averages:
+            return meta.default_weights
+        if averages:
+            return averages[0]
+    if wanted not in meta.weight_sets:
+        raise UsageError(f"{source} has no weight set {wanted!r}; it has: {', '.join(meta.weight_sets)}")
+    return wanted
+
+
 def resolve_checkpoint(spec: str, *, rep_dim: int | None = None, weights: str | None = None) -> ResolvedCheckpoint:
     """Find what ``spec`` names and read its metadata (cheap). ``rep_dim`` sizes an
-    ``init:`` model's conditioning."""
+    ``init:`` model's conditioning; ``weights`` names the weight set (see
+    :func:`weight_set_name`)."""
     if spec.startswith("released:"):
         entry = get_released(spec[len("released:"):])
         meta = entry.meta()
+        chosen = weight_set_name(meta, weights, spec)  # the released files hold their EMA weights only
         path = released_path(entry.name)
 
         def load_released(progress):
@@ -77,7 +97,7 @@ def resolve_checkpoint(spec: str, *, rep_dim: int | None = None, weights: str | 
             check_state_dict(state, meta.unet, source=f"{path} ({spec})")
             return state
 
-        return ResolvedCheckpoint(spec, meta, path, load_released)
+        return ResolvedCheckpoint(spec, meta, path, load_released, weight_set=chosen)
 
     if spec.startswith("init:"):
         preset = get_preset(spec[len("init:"):])
@@ -104,13 +124,11 @@ def resolve_checkpoint(spec: str, *, rep_dim: int | None = None, weights: str | 
             f"`rcdm convert {path} --flags \"...\" -o model.safetensors`"
         )
     meta = read_meta(path)
-    set_name = weights or meta.default_weights
-    if set_name not in meta.weight_sets:
-        raise UsageError(f"{path} has no weight set {set_name!r}; it has: {', '.join(meta.weight_sets)}")
+    set_name = weight_set_name(meta, weights, str(path))
 
     def load_file(progress):
         _, state = load_checkpoint(path, weights=set_name)
         check_state_dict(state, meta.unet, source=str(path))
         return state
 
-    return ResolvedCheckpoint(spec, meta, path, load_file)
+    return ResolvedCheckpoint(spec, meta, path, load_file, weight_set=set_name)

@@ -15,6 +15,8 @@ from rcdm_cli.cli.sample import (
     CHECKPOINT,
     COMPILE,
     ENCODER,
+    GUIDANCE,
+    WEIGHT_SET,
     ETA,
     JSON,
     LAYER,
@@ -53,6 +55,8 @@ def arith(
     batch_size: int = BATCH,
     precision: str = PRECISION,
     compile_: bool = COMPILE,
+    guidance: float = GUIDANCE,
+    weight_set: Optional[str] = WEIGHT_SET,
     out: Path = typer.Option(Path("arith"), "--out", "-o", help="Output folder."),
     overwrite: bool = OVERWRITE,
     json_out: bool = JSON,
@@ -113,10 +117,10 @@ def arith(
         names = ["result"]
     run = RCDMRun.prepare(
         checkpoint=checkpoint, encoder=encoder, layer=layer, weights=weights, preprocessing=preprocessing,
-        device=resolve_device(settings.device), download_progress=download_progress(),
+        device=resolve_device(settings.device), download_progress=download_progress(), weight_set=weight_set,
     )
     options = run.resolve(SamplingOptions(
-        sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_
+        sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_, guidance=guidance,
     ))
     diffusion = run.check(None, n, options)
     pictures = [load_image(p) for p in operand_paths]

@@ -15,6 +15,8 @@ from rcdm_cli.cli.sample import (
     CHECKPOINT,
     COMPILE,
     ENCODER,
+    GUIDANCE,
+    WEIGHT_SET,
     ETA,
     LAYER,
     OVERWRITE,
@@ -55,6 +57,8 @@ def attack(
     batch_size: int = BATCH,
     precision: str = PRECISION,
     compile_: bool = COMPILE,
+    guidance: float = GUIDANCE,
+    weight_set: Optional[str] = WEIGHT_SET,
     out: Path = typer.Option(Path("attack"), "--out", "-o", help="Output folder."),
     overwrite: bool = OVERWRITE,
     json_out: bool = typer.Option(False, "--json", help="Print the manifest (with the summary) as JSON on stdout."),
@@ -89,10 +93,10 @@ def attack(
     paths = expand_inputs(images)
     run = RCDMRun.prepare(
         checkpoint=checkpoint, encoder=encoder, layer=layer, weights=weights, preprocessing=preprocessing,
-        device=resolve_device(settings.device), download_progress=download_progress(),
+        device=resolve_device(settings.device), download_progress=download_progress(), weight_set=weight_set,
     )
     options = run.resolve(SamplingOptions(
-        sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_
+        sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_, guidance=guidance,
     ))
     diffusion = run.check(None, n, options)
     probe_obj = Probe.load(probe) if probe else None

@@ -11,7 +11,9 @@ import typer
 from rcdm_cli.cli.completion import complete_attribute, complete_augmentation
 from rcdm_cli.cli.console import log, print_json, settings
 from rcdm_cli.cli.downloads import download_progress
-from rcdm_cli.cli.sample import BATCH, COMPILE, ENCODER, ETA, LAYER, PRECISION, PREPROCESSING, SAMPLER, SEED, STEPS, WEIGHTS
+from rcdm_cli.cli.sample import (
+    BATCH, COMPILE, ENCODER, ETA, GUIDANCE, LAYER, PRECISION, PREPROCESSING, SAMPLER, SEED, STEPS, WEIGHT_SET, WEIGHTS,
+)
 from rcdm_cli.errors import UsageError
 
 
@@ -94,6 +96,8 @@ def evaluate_attributes(
     batch_size: int = BATCH,
     precision: str = PRECISION,
     compile_: bool = COMPILE,
+    guidance: float = GUIDANCE,
+    weight_set: Optional[str] = WEIGHT_SET,
     results: Path = typer.Option(Path("rcdm-results.jsonl"), "--results", help="JSON-lines file the results are appended to (one record per representation)."),
     no_results: bool = typer.Option(False, "--no-results", help="Do not append to the results file."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
@@ -130,12 +134,12 @@ def evaluate_attributes(
     runs = [
         RCDMRun.prepare(
             checkpoint=c, encoder=encoder, layer=layer, weights=weights, preprocessing=preprocessing, device=device,
-            download_progress=download_progress(),
+            download_progress=download_progress(), weight_set=weight_set,
         )
         for c in checkpoints
     ]
     options = SamplingOptions(
-        sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_
+        sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_, guidance=guidance,
     )
     per_run = [run.resolve(options) for run in runs]  # "auto" may mean another sampler for each model
     steps_per_sample = [run.check(None, n, o).num_timesteps for run, o in zip(runs, per_run)]  # all checked before work

@@ -21,6 +21,8 @@ from rcdm_cli.cli.sample import (
     CHECKPOINT,
     COMPILE,
     ENCODER,
+    GUIDANCE,
+    WEIGHT_SET,
     ETA,
     LAYER,
     PRECISION,
@@ -145,6 +147,8 @@ def rank(
     batch_size: int = BATCH,
     precision: str = PRECISION,
     compile_: bool = COMPILE,
+    guidance: float = GUIDANCE,
+    weight_set: Optional[str] = WEIGHT_SET,
     results: Path = RESULTS,
     no_results: bool = NO_RESULTS,
     json_out: bool = JSON,
@@ -166,10 +170,10 @@ def rank(
         raise UsageError("ranking needs at least two conditioning images")
     run = RCDMRun.prepare(
         checkpoint=checkpoint, encoder=encoder, layer=layer, weights=weights, preprocessing=preprocessing,
-        device=resolve_device(settings.device), download_progress=download_progress(),
+        device=resolve_device(settings.device), download_progress=download_progress(), weight_set=weight_set,
     )
     options = run.resolve(SamplingOptions(
-        sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_
+        sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_, guidance=guidance,
     ))
     diffusion = run.check(None, n, options)
     pictures = [load_image(p) for p in paths]

@@ -74,6 +74,16 @@ PRECISION = typer.Option(
 COMPILE = typer.Option(
     False, "--compile", help="torch.compile the network (slow first call; falls back to eager with a warning if it fails).",
 )
+GUIDANCE = typer.Option(
+    1.0, "--guidance",
+    help="Representation guidance W: 1 samples the model as trained; W > 1 pushes the samples towards the "
+    "representation (two network calls per step, batched). Needs a model trained with --cond-drop.",
+)
+WEIGHT_SET = typer.Option(
+    None, "--weights-set",
+    help="Which weights of a trained run to sample: ema (the moving average; the default) or model (the raw "
+    "weights), or a named set such as ema-0.999.", show_default=False,
+)
 
 
 def sample(
@@ -99,6 +109,8 @@ def sample(
     batch_size: int = BATCH,
     precision: str = PRECISION,
     compile_: bool = COMPILE,
+    guidance: float = GUIDANCE,
+    weight_set: Optional[str] = WEIGHT_SET,
     noise: Optional[Path] = typer.Option(None, "--noise", help="Initial noise file, n x 3 x H x W or 1 x 3 x H x W."),
     out: Path = typer.Option(Path("samples"), "--out", "-o", help="Output folder."),
     save_tensors_: bool = typer.Option(False, "--save-tensors", help="Also write the raw samples in [-1, 1] as safetensors."),
@@ -112,6 +124,7 @@ def sample(
     """
     import torch
 
+    from rcdm_cli.cli.common import warn_if_ignored
     from rcdm_cli.devices import resolve_device
     from rcdm_cli.fileio import check_writable, write_json
     from rcdm_cli.imaging import to_pil
@@ -141,11 +154,12 @@ def sample(
         checkpoint=checkpoint, encoder=encoder, layer=layer, weights=weights, preprocessing=preprocessing,
         device=resolve_device(settings.device), images=bool(inputs),
         rep_dim=reps.shape[1] if reps is not None else None, download_progress=download_progress(),
+        weight_set=weight_set,
     )
     if reps is not None:
         check_vectors(run.meta, provenance(rep), rep)
     options = run.resolve(SamplingOptions(
-        sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_
+        sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_, guidance=guidance,
     ))
     diffusion = run.check(reps, n, options)
     rows = len(inputs) if inputs else (reps.shape[0] if reps is not None else random_count)
@@ -225,6 +239,8 @@ def sample(
                     shown = [to_pil(diffusion_target(im, run.meta.image_size)) for im in pictures]
                 else:
                     part_reps, shown = reps[a:b], None
+                if a == 0:
+                    warn_if_ignored(run, part_reps, options)
 
                 def write_row(j: int, row: torch.Tensor, a=a, shown=shown) -> None:
                     write_input(layout, a + j, row, shown[j] if shown else None)

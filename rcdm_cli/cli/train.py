@@ -8,7 +8,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from rcdm_cli.cli.completion import complete_encoder, complete_layer, complete_preset
+from rcdm_cli.cli.completion import complete_checkpoint, complete_encoder, complete_layer, complete_preset
 from rcdm_cli.cli.console import StepProgress, log, print_json, settings, setup_logging
 from rcdm_cli.errors import UsageError
 from rcdm_cli.folderlock import claim
@@ -20,7 +20,8 @@ RESULT_OPTIONS = {
     "encoder": "--encoder", "layer": "--layer", "weights": "--weights", "preprocessing": "--preprocessing",
     "preset": "--preset", "flags": "--flags", "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
     "ema": "--ema", "seed": "--seed", "precision": "--precision", "schedule_sampler": "--schedule-sampler",
-    "random_crop": "--random-crop", "random_flip": "--random-flip",
+    "random_crop": "--random-crop", "random_flip": "--random-flip", "init": "--init", "cond_drop": "--cond-drop",
+    "conditioning_only": "--conditioning-only", "conditioning_layers": "--conditioning-layers",
 }
 OVERRIDABLE = (
     "steps", "save_every", "log_every", "sample_every", "workers", "keep", "microbatch",
@@ -126,15 +127,19 @@ def train(
     layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Encoder layer (default: the encoder's default).", autocompletion=complete_layer),
     weights: Optional[Path] = typer.Option(None, "--weights", help="A local file of the encoder's weights."),
     preprocessing: str = typer.Option("rcdm", "--preprocessing", help="Encoder input scaling: rcdm ([-1, 1], as the released models) or native."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Architecture and diffusion: rcdm-128 (default), rcdm-64, rcdm-256 or tiny.", autocompletion=complete_preset),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Architecture and diffusion: rcdm-128 (default), rcdm-64, rcdm-256, tiny, or cpu (learns in minutes on a CPU).", autocompletion=complete_preset),
     flags: Optional[str] = typer.Option(None, "--flags", help="Instead of --preset: guided-diffusion model and diffusion flags (\"--image_size 64 --num_channels 128 ... --predict_xstart True\")."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="The run folder: new, empty, or a run stopped before its first save."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in a non-empty --out, replacing a run's checkpoints, metrics and previews there."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Images per step per process (global batch = this x processes)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per step per process (global batch = this x processes; default 8, or the preset's).", show_default=False),
     microbatch: int = typer.Option(0, "--microbatch", help="Split each batch into microbatches of this size (gradient accumulation)."),
-    lr: float = typer.Option(1e-4, "--lr", help="AdamW learning rate."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate (default 1e-4, or the preset's).", show_default=False),
     weight_decay: float = typer.Option(0.0, "--weight-decay", help="AdamW weight decay."),
-    ema: List[float] = typer.Option([0.9999], "--ema", help="EMA rate; repeat for several."),
+    ema: List[float] = typer.Option([0.9999], "--ema", help="EMA rate, with warm-up (min(rate, (1+n)/(10+n)) at step n); repeat for several."),
+    init: Optional[str] = typer.Option(None, "--init", help="Warm start from released:NAME, a checkpoint file or a run folder of the same architecture.", autocompletion=complete_checkpoint),
+    conditioning_only: int = typer.Option(0, "--conditioning-only", help="With --init: train only the conditioning path for the first N steps."),
+    conditioning_layers: str = typer.Option("projection", "--conditioning-layers", help="What --conditioning-only trains: projection (the representation's) or embeddings (also every embedding layer)."),
+    cond_drop: float = typer.Option(0.0, "--cond-drop", help="Probability of replacing a representation by a learned null one, for --guidance at sampling."),
     steps: int = typer.Option(500_000, "--steps", help="Train until this many steps (with --resume, extends the run)."),
     save_every: int = typer.Option(10_000, "--save-every", help="Checkpoint every N steps."),
     log_every: int = typer.Option(100, "--log-every", help="Log metrics every N steps."),
@@ -159,16 +164,20 @@ def train(
     options that would change what the run computes are refused.
     """
     from rcdm_cli.devices import resolve_device
-    from rcdm_cli.training.config import TrainConfig
+    from rcdm_cli.training.config import TrainConfig, preset_training
     from rcdm_cli.training.distributed import from_environment
     from rcdm_cli.training.loop import Trainer
 
     if not from_environment().is_main:  # under torchrun only rank 0 talks; errors still show
         settings.quiet = True
         setup_logging(settings.debug, True)
+    preset = preset if preset or flags else "rcdm-128"
+    suggested = preset_training(preset)
     values = dict(
         encoder=encoder, layer=layer, weights=str(weights) if weights else None, preprocessing=preprocessing,
-        preset=preset if preset or flags else "rcdm-128", flags=flags, batch_size=batch_size, microbatch=microbatch, lr=lr, weight_decay=weight_decay, ema=list(ema),
+        preset=preset, flags=flags, batch_size=batch_size if batch_size is not None else suggested.get("batch_size", 8),
+        microbatch=microbatch, lr=lr if lr is not None else suggested.get("lr", 1e-4), weight_decay=weight_decay, ema=list(ema),
+        init=init, conditioning_only=conditioning_only, conditioning_layers=conditioning_layers, cond_drop=cond_drop,
         steps=steps, save_every=save_every, log_every=log_every, sample_every=sample_every, seed=seed, workers=workers,
         precision=precision, schedule_sampler=schedule_sampler, random_crop=random_crop, random_flip=random_flip,
         cache_features=cache_features, keep=keep, activation_checkpointing=activation_checkpointing,

@@ -42,6 +42,9 @@ class UNet(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         if config.rep_dim is not None:
             self.ssl_emb = nn.Linear(config.rep_dim, emb_dim)
+        if config.null_representation:
+            # zeros: "no representation" starts as the projection's bias alone
+            self.null_rep = nn.Parameter(torch.zeros(config.rep_dim))
 
         def res(ch_in: int, ch_out: int, **kw) -> ResBlock:
             return ResBlock(ch_in, emb_dim, config.dropout, ch_out, config.use_scale_shift_norm, **kw)
@@ -90,6 +93,19 @@ class UNet(nn.Module):
     @property
     def rep_dim(self) -> int | None:
         return self.config.rep_dim
+
+    def null_representations(self, n: int) -> torch.Tensor:
+        """``n`` copies of the learned null representation (a model trained with
+        conditioning dropout)."""
+        if not self.config.null_representation:
+            raise ValueError("this UNet has no null representation (it was trained without conditioning dropout)")
+        return self.null_rep.expand(n, -1)
+
+    def drop_representations(self, rep: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        """``rep`` with the rows where ``drop`` is true replaced by the null
+        representation; the null vector takes part in the graph even when no row is
+        dropped, so that every process of a distributed run computes its gradient."""
+        return torch.where(drop[:, None], self.null_representations(rep.shape[0]).to(rep.dtype), rep)
 
     def embed(self, timesteps: torch.Tensor, rep: torch.Tensor | None) -> torch.Tensor:
         """The embedding every residual block is conditioned on."""

@@ -269,17 +269,31 @@ class RCDMModel:
             self._graphs[key] = call
         return call(x, t, reps)
 
-    def denoiser(self, reps: torch.Tensor):
-        """``model(x_t, t)`` with the representations bound, for the samplers."""
+    def denoiser(self, reps: torch.Tensor, guidance: float = 1.0):
+        """``model(x_t, t)`` with the representations bound, for the samplers.
+
+        ``guidance`` W != 1 is classifier-free guidance on the representation: the
+        prediction given the representation is pushed away from the prediction given
+        the learned null representation, ``uncond + W (cond - uncond)``, both from one
+        network call over the doubled batch. Only the mean's channels are combined; a
+        learned variance is the conditional one. W = 1 is the plain call."""
         reps = reps.to(self.device)
         if self.speed is None:
-            def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                return self.unet(x, t, reps)
+            def call(x: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+                return self.unet(x, t, r)
+        else:
+            def call(x: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+                out = self._graphed(x, t, r)
+                return out if out is not None else self.forward(x, t, r)
 
-            return model
+        if guidance == 1.0:
+            return lambda x, t: call(x, t, reps)
+        both_reps = torch.cat([reps, self.unet.null_representations(reps.shape[0]).detach().to(reps.dtype)])
+        channels = self.unet.config.in_channels
 
-        def fast_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            out = self._graphed(x, t, reps)
-            return out if out is not None else self.forward(x, t, reps)
+        def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            cond, uncond = call(torch.cat([x, x]), torch.cat([t, t]), both_reps).chunk(2)
+            mean = uncond[:, :channels] + guidance * (cond[:, :channels] - uncond[:, :channels])
+            return torch.cat([mean, cond[:, channels:]], dim=1)
 
-        return fast_model
+        return guided

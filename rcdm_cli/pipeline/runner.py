@@ -18,6 +18,7 @@ from rcdm_cli.checkpoint.hashing import file_sha256
 from rcdm_cli.checkpoint.resolve import ResolvedCheckpoint, resolve_checkpoint
 from rcdm_cli.encoders import Encoder, get_registry
 from rcdm_cli.errors import RcdmError
+from rcdm_cli.pipeline.diagnostics import conditioning_effect
 from rcdm_cli.pipeline.conditioning import ConditioningPlan, default_checkpoint, plan_conditioning
 from rcdm_cli.pipeline.model import RCDMModel
 from rcdm_cli.pipeline.sampling import (
@@ -48,15 +49,18 @@ class RCDMRun:
         images: bool = True,
         rep_dim: int | None = None,
         download_progress: Progress | None = None,
+        weight_set: str | None = None,
     ) -> "RCDMRun":
-        """Resolve the checkpoint and, when images will be encoded, the encoder."""
+        """Resolve the checkpoint and, when images will be encoded, the encoder.
+        ``weight_set`` picks the weights of a trained run (``ema``, ``model`` or a
+        set's name); the default is the checkpoint's own (its EMA)."""
         spec = checkpoint or default_checkpoint(encoder, layer)
         if images and rep_dim is None and encoder and spec.startswith("init:"):
             registry = get_registry()
             layers, _ = registry.layers(encoder)
             chosen = layer or registry.get(encoder)[0].spec.default_layer
             rep_dim = layers[chosen][0] if chosen in layers else None
-        ckpt = resolve_checkpoint(spec, rep_dim=rep_dim)
+        ckpt = resolve_checkpoint(spec, rep_dim=rep_dim, weights=weight_set)
         plan = (
             plan_conditioning(ckpt.meta, encoder=encoder, layer=layer, weights_path=weights, preprocessing=preprocessing)
             if images
@@ -113,12 +117,18 @@ class RCDMRun:
             first_row=first_row,
         )
 
+    def conditioning_effect(self, reps: torch.Tensor, options: SamplingOptions) -> float:
+        """How much the model's image changes between representations, in grey
+        levels (:mod:`rcdm_cli.pipeline.diagnostics`)."""
+        return conditioning_effect(self.model, reps, guidance=options.guidance, seed=options.seed)
+
     def checkpoint_info(self) -> dict:
         ckpt = self.checkpoint
         return {
             "spec": self.spec,
             "path": str(ckpt.path) if ckpt.path else None,
             "sha256": file_sha256(ckpt.path) if ckpt.path and ckpt.path.exists() else None,
+            "weight_set": ckpt.weight_set,
             "description": ckpt.meta.describe(),
             "source": ckpt.meta.source,
         }

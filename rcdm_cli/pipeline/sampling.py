@@ -47,6 +47,7 @@ class SamplingOptions:
     clip_denoised: bool = True
     precision: str = "fp32"
     compile: bool = False
+    guidance: float = 1.0  # representation guidance W; 1 is plain conditional sampling
 
     def to_dict(self) -> dict:
         return {
@@ -58,6 +59,7 @@ class SamplingOptions:
             "clip_denoised": self.clip_denoised,
             "precision": self.precision,
             "compile": self.compile,
+            "guidance": self.guidance,
         }
 
     def speed(self) -> Speed | None:
@@ -194,9 +196,22 @@ def check_request(
         raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {options.precision!r}")
     if device is not None:
         check_precision(options.precision, device)
+    check_guidance(meta, options.guidance)
     if reps is not None:
         check_reps(reps, meta.rep_dim)
     return GaussianDiffusion.from_config(meta.diffusion, respacing=options.steps or "")
+
+
+def check_guidance(meta: CheckpointMeta, guidance: float) -> None:
+    """W must be a finite number >= 0 (0 samples the model's unconditional half), and
+    W != 1 needs the null representation that conditioning dropout trains."""
+    if not (math.isfinite(guidance) and guidance >= 0):
+        raise UsageError(f"--guidance must be a finite number >= 0, got {guidance}")
+    if guidance != 1.0 and not meta.unet.null_representation:
+        raise UsageError(
+            f"--guidance {guidance:g} needs a model trained with --cond-drop (it learns a null representation); "
+            "this one has none: leave --guidance at 1"
+        )
 
 
 def resolved_eta(options: SamplingOptions) -> float | None:
@@ -269,7 +284,7 @@ def sample_representations(
 
         with exact_float32(model.device, options.precision):
             x0 = sampler(
-                model.denoiser(batch_reps),
+                model.denoiser(batch_reps, options.guidance),
                 diffusion,
                 x_T,
                 generator=generators,

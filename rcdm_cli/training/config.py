@@ -12,6 +12,15 @@ from rcdm_cli.diffusion.timestep_samplers import TIMESTEP_SAMPLERS
 from rcdm_cli.errors import UsageError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# What --conditioning-only trains: the representation's projection (and the null
+# representation), or also the timestep embedding and every block's embedding layer.
+CONDITIONING_LAYERS = ("projection", "embeddings")
+
+
+def preset_training(preset: str | None) -> dict[str, Any]:
+    """The training settings a preset suggests (learning rate, batch), used where the
+    command line gives none; nothing for --flags."""
+    return dict(get_preset(preset).training) if preset else {}
 
 
 @dataclass
@@ -29,6 +38,17 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     ema: list[float] = field(default_factory=lambda: [0.9999])
+    # warm-up of the EMA (ema.py); runs saved before it existed resume without it
+    ema_warmup: bool = True
+    # warm start: released:NAME, a checkpoint file or a run folder whose UNet this
+    # run starts from (the representation projection too when the widths match)
+    init: str | None = None
+    # train only the conditioning path for this many steps first (with --init)
+    conditioning_only: int = 0
+    conditioning_layers: str = "projection"  # or "embeddings": also every embedding layer
+    # probability that a sample's representation is replaced by the learned null
+    # representation, which representation guidance needs
+    cond_drop: float = 0.0
     steps: int = 500_000
     save_every: int = 10_000
     log_every: int = 100
@@ -78,6 +98,16 @@ class TrainConfig:
             raise UsageError("--workers must be >= 0 and --keep >= 1")
         if self.seed < 0:
             raise UsageError(f"--seed must be a non-negative integer, got {self.seed}")
+        if not (math.isfinite(self.cond_drop) and 0 <= self.cond_drop < 1):
+            raise UsageError(f"--cond-drop must lie in [0, 1), got {self.cond_drop}")
+        if self.conditioning_only < 0:
+            raise UsageError(f"--conditioning-only must be >= 0 steps, got {self.conditioning_only}")
+        if self.conditioning_only and not self.init:
+            raise UsageError("--conditioning-only fits the conditioning of a trained model: give it with --init")
+        if self.conditioning_layers not in CONDITIONING_LAYERS:
+            raise UsageError(
+                f"--conditioning-layers must be one of {', '.join(CONDITIONING_LAYERS)}, got {self.conditioning_layers!r}"
+            )
         if self.flags and self.preset:
             raise UsageError("give --preset or --flags, not both")
         if not self.flags and not self.preset:
@@ -99,7 +129,8 @@ class TrainConfig:
             unet, diffusion = preset.unet, preset.diffusion
         if diffusion.timestep_respacing:
             raise UsageError("--timestep_respacing is a sampling setting; training uses every diffusion step")
-        return unet.with_rep_dim(rep_dim), diffusion
+        unet = dataclasses.replace(unet.with_rep_dim(rep_dim), null_representation=self.cond_drop > 0 and rep_dim is not None)
+        return unet, diffusion
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -107,4 +138,6 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        values.setdefault("ema_warmup", False)  # saved before warm-up existed: resumes as it ran
+        return cls(**values)

@@ -48,6 +48,7 @@ from rcdm_cli.encoders.registry import EncoderName
 from rcdm_cli.errors import RcdmError, UsageError
 from rcdm_cli.fileio import write_json
 from rcdm_cli.imaging import make_grid, save_png, to_pil
+from rcdm_cli.pipeline.diagnostics import conditioning_effect, ignores_conditioning
 from rcdm_cli.pipeline.model import CompiledOrEager, RCDMModel, autocast, emulated_bf16, memory_format
 from rcdm_cli.pipeline.sampling import SamplingOptions, sample_representations, stream_seed
 from rcdm_cli.preprocessing import RCDM, Preprocessing
@@ -59,11 +60,15 @@ from rcdm_cli.training.data import (
 )
 from rcdm_cli.training.ema import EMA
 from rcdm_cli.training.features import Stopped, load_or_compute
+from rcdm_cli.training.warmstart import (
+    Parent, conditioning_path, drop_frozen_gradients, load_parent, resolve_parent, set_trainable,
+)
 
 log = logging.getLogger("rcdm.train")
 
 NOISE = 3  # stream tag for timesteps and noise (data.py uses 1 and 2)
 DROPOUT = 4
+COND_DROP = 5  # which samples train the null representation (--cond-drop)
 # Steps in a row that may find a batch position with no decodable image (after
 # REPLACEMENT_TRIES replacements each) before the data is declared unusable.
 MAX_EMPTY_BATCHES = 10
@@ -78,6 +83,10 @@ class Reporter:
     def step(self, step: int, total: int, loss: float, images_per_second: float) -> None: ...
 
     def log(self, record: dict[str, Any]) -> None: ...
+
+    def warning(self, message: str) -> None:
+        """Something the user should act on (a model that ignores its conditioning)."""
+        self.event(message)
 
     def progress(self, task: str, done: int, total: int) -> None:
         """Work before training (encoding images for the feature cache): done of total."""
@@ -211,6 +220,13 @@ class Trainer:
             preprocessing=self.preprocessing.to_dict(),
             weights_sha256=file_sha256(config.weights) if config.weights else None,
         )
+        # warm start: the parent is checked against the architecture now, loaded in _build
+        self.parent: Parent | None = None
+        self.parent_record: dict | None = None
+        if resume:
+            self.parent_record = self.run_dir.read_config().get("parent")
+        elif config.init:
+            self.parent = resolve_parent(config.init, self.unet_config, self.diffusion_config)
         if resume:
             self._check_resumable()
         # joined last: every check above needs no other process, and fails alone
@@ -309,6 +325,10 @@ class Trainer:
             torch.manual_seed(stream_seed(cfg.seed, 0))
             self.model = UNet(self.unet_config, activation_checkpointing=cfg.activation_checkpointing)
         self.model.to(self.device, memory_format=memory_format(cfg.channels_last))
+        if self.parent is not None:
+            self._start_from_parent()
+        self.conditioning_names = conditioning_path(self.model, cfg.conditioning_layers)
+        self._frozen: bool | None = None  # whether only the conditioning path trains now
         self.ema = EMA(self.model, cfg.ema)
         # The fused kernel updates every parameter in one pass; on the CPU too it cut
         # the tiny preset's AdamW step from 25 ms to 6.5 ms (docs/performance.md).
@@ -324,6 +344,43 @@ class Trainer:
         else:
             self.ddp = self.model
         self.network = self._compiled() if cfg.compile else self.ddp
+
+    def _start_from_parent(self) -> None:
+        parent = self.parent
+        self.reporter.event(f"starting from {parent.spec} ({parent.checkpoint.meta.describe()})")
+        reinitialised = load_parent(self.model, parent)
+        if reinitialised:
+            self.reporter.event(
+                f"the parent was conditioned on {parent.checkpoint.meta.rep_dim}-d representations and this run on "
+                f"{self.unet_config.rep_dim}-d: {', '.join(reinitialised)} start(s) afresh"
+            )
+        self.parent_record = parent.record()
+
+    def _set_phase(self) -> bool:
+        """Whether this step trains the conditioning path only (--conditioning-only);
+        in one process the frozen layers also skip their weight gradients. Under DDP
+        every parameter keeps its gradient hook (DDP expects them all) and the frozen
+        ones' gradients are dropped before the optimizer step instead."""
+        frozen = self.step < self.config.conditioning_only
+        if frozen != self._frozen:
+            if self._frozen is not None or frozen:
+                self.reporter.event(
+                    f"training the conditioning path only ({', '.join(self.conditioning_names)}) until step "
+                    f"{self.config.conditioning_only}" if frozen else f"step {self.step}: training every layer from now on"
+                )
+            if not self.world.distributed:
+                set_trainable(self.model, self.conditioning_names if frozen else None)
+            self._frozen = frozen
+        return frozen
+
+    def _dropped(self, positions: list[int]) -> torch.Tensor:
+        """Which samples see the null representation this step, each drawn from its
+        own stream (seed, step, position), like the noise."""
+        draws = [
+            torch.rand(1, generator=torch.Generator().manual_seed(stream_seed(self.config.seed, COND_DROP, self.step, pos)))
+            for pos in positions
+        ]
+        return (torch.cat(draws) < self.config.cond_drop).to(self.device)
 
     def _compiled(self) -> CompiledOrEager:
         """The compiled network, tried once forward and backward on a batch of zeros so
@@ -389,6 +446,7 @@ class Trainer:
             "images": len(self.paths), "unreadable_images": [str(p) for p in self.unreadable],
             "unet": self.unet_config.to_dict(), "diffusion": self.diffusion_config.to_dict(),
             "parameters": count_parameters(self.model), "encoder_preprocessing": self.preprocessing.to_dict(),
+            "parent": self.parent_record,
         })
 
     # --- one step -----------------------------------------------------------------------
@@ -420,6 +478,8 @@ class Trainer:
         n = targets.shape[0]
         positions = [offset + i for i in range(n)]
         t, weights, noise = self._noise_and_timesteps(positions, targets.shape[1:])
+        dropped = self._dropped(positions) if cfg.cond_drop else None
+        frozen = self._set_phase()
         # dropout's masks cover a whole (micro)batch, so they are keyed by process and
         # step, not by sample: see the module's docstring
         torch.manual_seed(stream_seed(cfg.seed, DROPOUT, self.step, self.world.rank))
@@ -432,7 +492,7 @@ class Trainer:
             last = k == len(chunks) - 1
             sync = contextlib.nullcontext() if last or not self.world.distributed else self.ddp.no_sync()
             with sync:
-                rep_chunk = reps[sl]
+                rep_chunk = reps[sl] if dropped is None else self.model.drop_representations(reps[sl], dropped[sl])
                 with autocast(self.device, cfg.precision):
                     terms = self.diffusion.training_losses(
                         lambda x, tt: self.network(self._layout(x), tt, rep_chunk), targets[sl], t[sl], noise=noise[sl]
@@ -447,6 +507,8 @@ class Trainer:
             gathered_t = dist_util.all_gather_cat(t, self.world)
             gathered_l = dist_util.all_gather_cat(torch.cat(all_losses), self.world)
             self.timesteps.update(gathered_t.cpu(), gathered_l.cpu())
+        if frozen:
+            drop_frozen_gradients(self.model, self.conditioning_names)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
@@ -461,7 +523,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.ema.update(self.model)
+        self.ema.update(self.model, self.step if cfg.ema_warmup else None)
         return {"loss": stats[0], "mse": stats[1], "vb": stats[2], "grad_norm": stats[3]}
 
     def _non_finite(self, what: str, step: int) -> RcdmError:
@@ -480,7 +542,10 @@ class Trainer:
             diffusion=self.diffusion_config,
             encoder=self.encoder_info,
             step=self.step,
-            source={"kind": "trained", "run": self.config.out, "data": self.config.data},
+            source={
+                "kind": "trained", "run": self.config.out, "data": self.config.data,
+                **({"parent": self.parent_record} if self.parent_record else {}),
+            },
             weight_sets=sets,
             default_weights=sets[1],
         )
@@ -557,6 +622,12 @@ class Trainer:
         model = RCDMModel(unet, self._meta(), self.device)
         options = SamplingOptions(sampler="ddim", steps=cfg.preview_steps, seed=cfg.seed, batch_size=max(1, cfg.batch_size))
         samples = sample_representations(model, self.preview_reps, cfg.preview_samples, options).samples
+        effect = conditioning_effect(model, self.preview_reps, seed=cfg.seed)
+        if ignores_conditioning(effect):
+            self.reporter.warning(
+                f"preview at step {self.step}: the model ignores its conditioning so far (its image changes by "
+                f"{effect:.2f} grey levels between representations); {self._why_ignored()}"
+            )
         tiles, labels = [], []
         for j, cond in enumerate(self.preview_inputs):
             tiles.append(cond)
@@ -568,6 +639,15 @@ class Trainer:
         save_png(make_grid(tiles, labels, columns=cfg.preview_samples + 1), path)
         self.reporter.event(f"preview: {path}")
         return path
+
+    def _why_ignored(self) -> str:
+        rate = self.ema.rates[0]
+        if not self.config.ema_warmup and self.step < 1 / (1 - rate):
+            return (
+                f"the EMA at rate {rate:g} without warm-up still holds mostly the initial weights after {self.step} steps; "
+                "train longer, or sample the raw weights with --weights-set model"
+            )
+        return "train longer, or check that the representations of the training images differ"
 
     # --- the loop ---------------------------------------------------------------------------
 
