@@ -61,11 +61,32 @@ def _timm():
     return timm
 
 
+def close_model_names(arch: str, models: list[str], n: int = 8) -> list[str]:
+    """The names in ``models`` nearest to ``arch``: the most similar by spelling first
+    (a typo: ``vit_base_patch16_244``), then names that start with it (an unfinished
+    name: ``resnet5``), then names that contain it, at most ``n``; failing all these,
+    names that contain its first part (``vit`` of ``vit_hugest``)."""
+    import difflib
+
+    key = arch.lower().replace("-", "_")
+    by_similarity = difflib.get_close_matches(key, models, n=max(1, n - n // 3), cutoff=0.6)
+
+    def most_alike(names: list[str]) -> list[str]:
+        return sorted(names, key=lambda m: -difflib.SequenceMatcher(None, key, m).ratio())
+
+    starting = most_alike([m for m in models if m.startswith(key)]) if key else []
+    containing = most_alike([m for m in models if key in m]) if key else []
+    names = list(dict.fromkeys(by_similarity + starting + containing))
+    if not names and key.split("_")[0]:
+        names = most_alike([m for m in models if key.split("_")[0] in m])
+    return names[:n]
+
+
 def _check_name(name: str) -> None:
     """A clear error for a model timm does not have, or a pretrained tag it lacks."""
     arch, _, tag = name.partition(".")
     if not _timm().is_model(arch):
-        close = _timm().list_models(f"*{arch.split('_')[0]}*")[:8]
+        close = close_model_names(arch, _timm().list_models())
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise UsageError(f"timm has no model {name!r}{hint}")
     if tag:
