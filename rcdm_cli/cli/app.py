@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Iterator, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from rcdm_cli import __version__
 from rcdm_cli.cli import arith as arith_cmd
@@ -31,8 +32,29 @@ from rcdm_cli.cli.console import err, settings, setup_logging
 from rcdm_cli.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, RcdmError, Terminated
 from rcdm_cli.folderlock import release_all
 
+
+def _flags_without_metavar(params) -> None:
+    """A flag takes no value: its help row shows no ``<bool>``."""
+    for param in params:
+        if getattr(param, "is_bool_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+class _Command(TyperCommand):
+    def format_help(self, ctx, formatter) -> None:
+        _flags_without_metavar(self.get_params(ctx))
+        super().format_help(ctx, formatter)
+
+
+class _Group(TyperGroup):
+    def format_help(self, ctx, formatter) -> None:
+        _flags_without_metavar(self.get_params(ctx))
+        super().format_help(ctx, formatter)
+
+
 app = typer.Typer(
     name="rcdm",
+    cls=_Group,
     help="See what an image representation knows: sample, interpolate and probe images with "
     "representation-conditional diffusion (RCDM).",
     no_args_is_help=True,
@@ -81,10 +103,12 @@ app.command("encode", no_args_is_help=True)(encoders_cmd.encode)
 app.command("attributes")(attributes_cmd.attributes)
 app.command("attack", no_args_is_help=True)(attack_cmd.attack)
 evaluate_cmd.app.command("attributes", no_args_is_help=True)(attributes_cmd.evaluate_attributes)
-app.add_typer(evaluate_cmd.app, name="evaluate")
+app.add_typer(evaluate_cmd.app, name="evaluate", cls=_Group)
 for _typer in (app, evaluate_cmd.app):
     for _info in _typer.registered_commands:
         _info.help = _prose(_info.help or _info.callback.__doc__)
+        if _info.cls in (None, TyperCommand):  # one of its own would be kept
+            _info.cls = _Command
 
 
 # Typer has shipped click both as a dependency and vendored; reach its exception
