@@ -3,6 +3,10 @@
 Exit codes: 0 success, 1 a runtime failure (corrupt file, failed download, ...),
 2 a usage error (bad option, unknown name, missing input), 130 interrupted.
 Errors print one line on stderr; ``--debug`` adds the traceback.
+
+The global options (``--device``, ``--quiet``/``-q``, ``--debug``) may come before the
+command or anywhere among its arguments, up to a ``--``: the root group lifts them out
+before the command line is parsed.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from contextlib import contextmanager
 from typing import Iterator, Optional
 
 import typer
-from typer.core import TyperCommand, TyperGroup
+from typer.core import CompletionItem, TyperCommand, TyperGroup
 
 from rcdm_cli import __version__
 from rcdm_cli.cli import arith as arith_cmd
@@ -32,6 +36,35 @@ from rcdm_cli.cli.console import err, settings, setup_logging
 from rcdm_cli.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, RcdmError, Terminated
 from rcdm_cli.folderlock import release_all
 
+# The global options a command line may hold after the command as well as before it.
+GLOBAL_FLAGS = ("--quiet", "-q", "--debug")
+GLOBAL_VALUED = ("--device",)
+GLOBAL_EPILOG = "Global options --device, --quiet (-q) and --debug are accepted here too, before or after the arguments."
+
+
+def split_global_options(args: list[str]) -> tuple[list[str], list[str], Optional[str]]:
+    """``args`` as (the global options in it, everything else, a ``--device`` left
+    without its value, if any). Tokens from a ``--`` on are left alone; so is a
+    dangling ``--device``, which ends the second list."""
+    lifted: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token == "--":
+            return lifted, rest + args[i:], None
+        if token in GLOBAL_FLAGS or ("=" in token and token.partition("=")[0] in GLOBAL_VALUED):
+            lifted.append(token)
+        elif token in GLOBAL_VALUED:
+            if i + 1 == len(args):
+                return lifted, rest + [token], token
+            lifted += [token, args[i + 1]]
+            i += 1
+        else:
+            rest.append(token)
+        i += 1
+    return lifted, rest, None
+
 
 def _flags_without_metavar(params) -> None:
     """A flag takes no value: its help row shows no ``<bool>``."""
@@ -45,6 +78,15 @@ class _Command(TyperCommand):
         _flags_without_metavar(self.get_params(ctx))
         super().format_help(ctx, formatter)
 
+    def shell_complete(self, ctx, incomplete: str):
+        """The command's own options, and the global options it accepts too."""
+        results = super().shell_complete(ctx, incomplete)
+        if incomplete and not incomplete[0].isalnum():
+            for param in ctx.find_root().command.params:
+                if param.name in ("device", "quiet", "debug"):
+                    results += [CompletionItem(o, help=param.help) for o in param.opts if o.startswith(incomplete)]
+        return results
+
 
 class _Group(TyperGroup):
     def format_help(self, ctx, formatter) -> None:
@@ -52,11 +94,25 @@ class _Group(TyperGroup):
         super().format_help(ctx, formatter)
 
 
+class _RootGroup(_Group):
+    """Lifts the global options out of the whole command line before parsing it."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        lifted, rest, dangling = split_global_options(args)
+        if dangling is not None:
+            if not ctx.resilient_parsing:
+                ctx.fail(f"Option {dangling!r} requires an argument.")
+            rest.pop()  # its value is being completed: nothing to offer, and no error
+        return super().parse_args(ctx, lifted + rest)
+
+
 app = typer.Typer(
     name="rcdm",
-    cls=_Group,
+    cls=_RootGroup,
     help="See what an image representation knows: sample, interpolate and probe images with "
     "representation-conditional diffusion (RCDM).",
+    epilog="The global options --device, --quiet (-q) and --debug may also follow the command, "
+    "anywhere among its arguments: rcdm sample dog.jpg --device cpu.",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -103,12 +159,14 @@ app.command("encode", no_args_is_help=True)(encoders_cmd.encode)
 app.command("attributes")(attributes_cmd.attributes)
 app.command("attack", no_args_is_help=True)(attack_cmd.attack)
 evaluate_cmd.app.command("attributes", no_args_is_help=True)(attributes_cmd.evaluate_attributes)
-app.add_typer(evaluate_cmd.app, name="evaluate", cls=_Group)
+app.add_typer(evaluate_cmd.app, name="evaluate", cls=_Group, epilog=GLOBAL_EPILOG)
 for _typer in (app, evaluate_cmd.app):
     for _info in _typer.registered_commands:
         _info.help = _prose(_info.help or _info.callback.__doc__)
         if _info.cls in (None, TyperCommand):  # one of its own would be kept
             _info.cls = _Command
+        if GLOBAL_EPILOG not in (_info.epilog or ""):
+            _info.epilog = "\n\n".join(filter(None, (_info.epilog, GLOBAL_EPILOG)))
 
 
 # Typer has shipped click both as a dependency and vendored; reach its exception
@@ -147,7 +205,7 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (used by ``main`` and by tests)."""
-    settings.debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    settings.debug = "--debug" in split_global_options(argv if argv is not None else sys.argv[1:])[0]
     command = typer.main.get_command(app)
     try:
         with _sigterm_interrupts():
