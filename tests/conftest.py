@@ -1,4 +1,5 @@
-"""Shared fixtures: the reference vectors, tiny models, and a clean environment."""
+"""Shared fixtures: the reference vectors, tiny models, and a clean environment. The
+plain helpers that tests import are in helpers.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, make_tiny_state
 
 
 def _reference_dir() -> Path:
@@ -39,12 +40,6 @@ def module_tmp(tmp_path_factory):
     shutil.rmtree(path, ignore_errors=True)
 
 
-def subfolder(parent: Path, name: str) -> Path:
-    path = parent / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
     """Every test gets its own empty RCDM_HOME, so nothing touches the user's cache;
@@ -60,20 +55,6 @@ def _isolated_home(tmp_path_factory, monkeypatch):
 def _deterministic_threads():
     torch.manual_seed(0)
     yield
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
-def make_tiny_state(rep_dim: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Weights of the `tiny` preset with every parameter random (a zero-initialised
-    output layer would make every model look alike)."""
-    from rcdm_cli.diffusion import PRESETS, UNet
-
-    gen = torch.Generator().manual_seed(seed)
-    model = UNet(PRESETS["tiny"].unet.with_rep_dim(rep_dim))
-    return {k: torch.randn(v.shape, generator=gen) * 0.05 for k, v in model.state_dict().items()}
 
 
 @pytest.fixture(scope="session")

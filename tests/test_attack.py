@@ -9,13 +9,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import make_tiny_state
+from helpers import make_tiny_state, rcdm
 from rcdm_cli.attacks.experiment import build_classifier, quantize, summarize
 from rcdm_cli.attacks.methods import available, build_attack, parse_number, parse_size, plan_attack
 from rcdm_cli.attacks.representation import representation_pgd
 from rcdm_cli.checkpoint.metadata import CheckpointMeta, EncoderInfo
 from rcdm_cli.checkpoint.store import save_checkpoint
-from rcdm_cli.cli.app import run
 from rcdm_cli.diffusion import PRESETS
 from rcdm_cli.encoders import EncoderSpec, Preprocessing, create_encoder, get_registry, hookimpl, reset_registry
 from rcdm_cli.errors import UsageError
@@ -80,14 +79,6 @@ def setup(tmp_path):
 
 
 FAST = ["-n", "2", "--steps", "ddim2", "--sampler", "ddim"]
-
-
-def rcdm(capsys, *args):
-    code = run([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 
 
 def _png(path) -> torch.Tensor:

@@ -4,15 +4,14 @@ measure what they say (the reference against itself, paired differences, calls).
 import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+from helpers import REPO
 from rcdm_cli.demo.run import DemoSettings, run_demo
 
-ROOT = Path(__file__).resolve().parents[1]
 SHRUNK = dict(train_images=16, heldout_images=2, steps=2, batch_size=4, samples=2, sampling_steps="2", grid_rows=1,
               interpolation_frames=2, augmentations=())
 
@@ -20,7 +19,7 @@ SHRUNK = dict(train_images=16, heldout_images=2, steps=2, batch_size=4, samples=
 def _bench():
     """The script as a module (registered, as dataclasses need)."""
     if "faithfulness" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("faithfulness", ROOT / "bench" / "faithfulness.py")
+        spec = importlib.util.spec_from_file_location("faithfulness", REPO / "bench" / "faithfulness.py")
         module = sys.modules["faithfulness"] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     return sys.modules["faithfulness"]

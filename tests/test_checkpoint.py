@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import make_tiny_state, rel_err
+from helpers import make_tiny_state, rel_err
 from rcdm_cli.checkpoint.convert import convert_official
 from rcdm_cli.checkpoint.metadata import CheckpointMeta, EncoderInfo
 from rcdm_cli.checkpoint.official import check_state_dict, load_official_state_dict

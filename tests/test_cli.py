@@ -10,16 +10,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from helpers import rcdm
 from rcdm_cli.checkpoint.resolve import resolve_checkpoint
-from rcdm_cli.cli.app import run
 from rcdm_cli.pipeline.model import RCDMModel
 from rcdm_cli.pipeline.sampling import SamplingOptions, sample_representations
-
-
-def rcdm(capsys, *args):
-    code = run([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _sample_args(ckpt, out, *extra):

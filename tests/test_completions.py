@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import REPO
 from rcdm_cli.cli.completion import SHELLS, completion_script
 
-FOLDER = Path(__file__).resolve().parents[1] / "completions"
+FOLDER = REPO / "completions"
 
 
 @pytest.mark.parametrize("shell", list(SHELLS))

@@ -134,7 +134,7 @@ def test_sigterm_while_sampling_stops_the_command_with_one_line(tmp_path, monkey
 def test_a_given_checkpoint_replaces_training(tmp_path):
     """The path `--released` takes (there with released:dino-head, downloaded): no
     training, the encoder from the checkpoint's metadata, the same measures."""
-    from conftest import make_tiny_state
+    from helpers import make_tiny_state
     from rcdm_cli.checkpoint.metadata import CheckpointMeta, EncoderInfo
     from rcdm_cli.checkpoint.store import save_checkpoint
     from rcdm_cli.diffusion import PRESETS

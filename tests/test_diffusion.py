@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import rel_err
+from helpers import rel_err
 from rcdm_cli.diffusion import (
     DiffusionConfig,
     GaussianDiffusion,

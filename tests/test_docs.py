@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 import typer
 
-ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+from helpers import REPO
+
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 # options whose callbacks act at parse time (they would install files)
 ACTING = {"--install-completion", "--show-completion"}
 # names that docs/plugins.md's example plugins register
@@ -58,7 +58,7 @@ def _rcdm_commands(text: str):
 
 
 COMMANDS = [
-    (page.relative_to(ROOT).as_posix(), args)
+    (page.relative_to(REPO).as_posix(), args)
     for page in PAGES
     for args in _rcdm_commands(page.read_text())
     if not ACTING & set(args)

@@ -119,7 +119,7 @@ def test_released_checkpoint_downloads_on_first_use(server, monkeypatch, tmp_pat
     """A released name resolves through the real download path; the file served here
     has the official layout (at the tiny size: the full 1.7 GB layout is covered by
     test_full_size_released_layout_loads_strictly)."""
-    from conftest import make_tiny_state
+    from helpers import make_tiny_state
     from rcdm_cli.diffusion import PRESETS
 
     buf_path = tmp_path / "served.pt"

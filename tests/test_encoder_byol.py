@@ -21,7 +21,7 @@ import torchvision
 from torch import nn
 
 import rcdm_plugins.byol as byol
-from conftest import rel_err, subfolder
+from helpers import rel_err, subfolder
 from rcdm_cli.encoders import IMAGENET_MEAN, IMAGENET_STD, create_encoder, get_registry
 from rcdm_cli.errors import RcdmError
 from synthetic import resnet50_state, state_from_shapes

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import rel_err, subfolder
+from helpers import rel_err, subfolder
 from rcdm_cli.checkpoint.released import RELEASED
 from rcdm_cli.encoders import create_encoder, encoder_cache_dir, get_registry, reset_registry
 from rcdm_cli.errors import RcdmError

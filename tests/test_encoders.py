@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import REPO
 from rcdm_cli.cli.app import run
 from rcdm_cli.encoders import (
     EncoderName,
@@ -27,7 +28,7 @@ from rcdm_cli.encoders.weights import encoder_cache_dir, fetch_weights
 from rcdm_cli.errors import RcdmError, UsageError
 from synthetic import resnet50_state
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
+DOCS = REPO / "docs" / "plugins.md"
 
 
 @pytest.fixture(autouse=True)

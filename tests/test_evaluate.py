@@ -11,10 +11,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import make_tiny_state
+from helpers import make_tiny_state, rcdm
 from rcdm_cli.checkpoint.metadata import CheckpointMeta, EncoderInfo
 from rcdm_cli.checkpoint.store import save_checkpoint
-from rcdm_cli.cli.app import run
 from rcdm_cli.diffusion import PRESETS
 from rcdm_cli.encoders import EncoderSpec, Preprocessing, create_encoder, get_registry, hookimpl, reset_registry
 from rcdm_cli.errors import RcdmError, UsageError
@@ -23,12 +22,6 @@ from rcdm_cli.evaluation.fid import fid
 from rcdm_cli.evaluation.invariance import invariance
 from rcdm_cli.evaluation.probe import Probe, accuracy, fit_probe
 from rcdm_cli.evaluation.rank import ranks, summarize
-
-
-def rcdm(capsys, *args):
-    code = run([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # --- rank ---------------------------------------------------------------------------------

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_tiny_state
+from helpers import REPO, make_tiny_state, rcdm
 from rcdm_cli.checkpoint.metadata import CheckpointMeta, EncoderInfo
 from rcdm_cli.checkpoint.store import save_checkpoint
-from rcdm_cli.cli.app import run
 from rcdm_cli.diffusion import PRESETS
 from rcdm_cli.encoders import AttributeSpec, get_registry, hookimpl, reset_registry
 from rcdm_cli.errors import RcdmError, UsageError
@@ -22,13 +21,7 @@ from rcdm_cli.evaluation.attributes import carried, intervals, retrieval, score_
 from rcdm_cli.evaluation.rank import chance
 from rcdm_cli.preprocessing import RCDM
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
-
-
-def rcdm(capsys, *args):
-    code = run([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+DOCS = REPO / "docs" / "plugins.md"
 
 
 # --- the measures ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import rel_err
+from helpers import rel_err
 from rcdm_cli.checkpoint.resolve import resolve_checkpoint
 from rcdm_cli.checkpoint.rundir import RunDir
 from rcdm_cli.checkpoint.store import load_checkpoint

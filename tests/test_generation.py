@@ -11,11 +11,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import make_tiny_state
+from helpers import make_tiny_state, rcdm
 from rcdm_cli.checkpoint.metadata import CheckpointMeta, EncoderInfo
 from rcdm_cli.checkpoint.resolve import resolve_checkpoint
 from rcdm_cli.checkpoint.store import save_checkpoint
-from rcdm_cli.cli.app import run
 from rcdm_cli.diffusion import PRESETS
 from rcdm_cli.encoders import create_encoder
 from rcdm_cli.pipeline import expression as expr
@@ -62,12 +61,6 @@ def random_ckpt(tmp_path_factory) -> Path:
     """A tiny model trained (in its metadata) on random/backbone with RCDM scaling."""
     info = EncoderInfo(name="random", layer="backbone", rep_dim=2048, preprocessing=RCDM.to_dict())
     return _ckpt(tmp_path_factory.mktemp("c") / "random.safetensors", info)
-
-
-def rcdm(capsys, *args):
-    code = run([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_sample_from_images_uses_the_metadata_encoder_and_preprocessing(capsys, images, random_ckpt, tmp_path):

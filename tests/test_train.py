@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from helpers import rcdm
 from rcdm_cli.checkpoint.rundir import RunDir
 from rcdm_cli.checkpoint.store import load_checkpoint, read_meta
-from rcdm_cli.cli.app import run
 from rcdm_cli.errors import RcdmError, UsageError
 from rcdm_cli.training.config import TrainConfig
 from rcdm_cli.training.data import StepBatches
@@ -83,12 +83,6 @@ def _one_thread():
 @pytest.fixture(autouse=True)
 def _shared_home(home, monkeypatch):
     monkeypatch.setenv("RCDM_HOME", str(home))
-
-
-def rcdm(capsys, *args):
-    code = run([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _metrics(run_dir: Path) -> list[dict]:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import rel_err
+from helpers import rel_err
 from rcdm_cli.diffusion import PRESETS, UNet, UNetConfig, count_parameters, parse_official_flags
 from rcdm_cli.diffusion.layers import AttentionBlock
 
