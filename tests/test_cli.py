@@ -1,6 +1,7 @@
 """The command line: outputs, reproducibility and the error convention."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -161,23 +162,86 @@ def test_python_dash_m_and_version():
     assert proc.returncode == 0 and proc.stdout.startswith("rcdm ")
 
 
-def test_download_progress_inside_a_status_spinner_falls_back_to_log_lines(monkeypatch):
-    """On a terminal, a download can start while a status spinner is live (loading a
-    released model); rich allows one live display, so the bar must step aside."""
+def _spinner_terminal(monkeypatch):
+    """A terminal for rcdm's stderr, with logging set up as on a terminal (rich lines
+    on it); the loggers are restored when the test ends. Returns the terminal and
+    the list of messages logged."""
     import io
+    import logging
 
     from rich.console import Console
 
     import rcdm_cli.cli.console as console_mod
     import rcdm_cli.cli.downloads as downloads_mod
 
-    terminal = Console(file=io.StringIO(), force_terminal=True)
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=100)
     monkeypatch.setattr(console_mod, "err", terminal)
     monkeypatch.setattr(downloads_mod, "err", terminal)
+    monkeypatch.setattr(console_mod.settings, "quiet", False)
+    for name in ("rcdm", "py.warnings"):
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "handlers", logger.handlers[:])
+        monkeypatch.setattr(logger, "level", logger.level)
+        monkeypatch.setattr(logger, "propagate", logger.propagate)
+    console_mod.setup_logging(debug=False, quiet=False)
+    messages: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    logging.getLogger("rcdm").addHandler(Keep())
+    return terminal, messages
+
+
+def _download_under_a_spinner(terminal):
+    import rcdm_cli.cli.downloads as downloads_mod
+
     with terminal.status("loading"):
         progress = downloads_mod.download_progress()
-        for done in (0, 512, 1024):
-            progress(done, 1024)
+        for done in (0, 5_000_000, 10_000_000):
+            progress(done, 10_000_000)
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.file.getvalue())  # the text, without colours and cursor moves
+
+
+def test_download_progress_inside_a_status_spinner_falls_back_to_log_lines(monkeypatch):
+    """On a terminal, a download can start while a status spinner is live (loading a
+    released model). Where rich allows one live display (rich < 14 raises LiveError
+    for a second), the bar must step aside: the download is reported by log lines,
+    shown above the spinner."""
+    from rich.errors import LiveError
+
+    terminal, messages = _spinner_terminal(monkeypatch)
+    live = []
+    set_live = terminal.set_live
+
+    def one_live_display_only(display):  # what rich < 14 does
+        if live:
+            raise LiveError("Only one live display may be active at once")
+        live.append(display)
+        return set_live(display)
+
+    monkeypatch.setattr(terminal, "set_live", one_live_display_only)
+    shown = _download_under_a_spinner(terminal)
+    assert len(live) == 1  # the spinner's; the bar was refused
+    assert messages == ["10 MB to fetch", "downloaded 50%", "downloaded 100%"]
+    for message in messages:
+        assert message in shown, shown
+    assert "loading" in shown and "/10.0 MB" not in shown  # the spinner, and no bar
+
+
+def test_download_progress_inside_a_status_spinner_is_shown(monkeypatch):
+    """The same with the installed rich: rich >= 14 shows the bar under the spinner,
+    older versions refuse it and the download is reported by log lines."""
+    from importlib.metadata import version
+
+    terminal, messages = _spinner_terminal(monkeypatch)
+    shown = _download_under_a_spinner(terminal)
+    assert "loading" in shown and "10 MB to fetch" in shown
+    if int(version("rich").split(".")[0]) >= 14:
+        assert "0.0/10.0 MB" in shown and messages == ["10 MB to fetch"]
+    else:
+        assert messages == ["10 MB to fetch", "downloaded 50%", "downloaded 100%"]
 
 
 def test_a_bare_command_prints_its_help_and_no_empty_error(capsys):
