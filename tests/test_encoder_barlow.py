@@ -25,34 +25,20 @@ from rcdm_plugins import barlow
 from synthetic import missing as _missing
 from synthetic import renamed as _renamed
 from synthetic import reshaped as _reshaped
-from synthetic import resnet50_state, state_from_shapes
+from synthetic import BUFFERS, barlow_vissl_checkpoint, bn_shapes, resnet50_state, square_weight, state_from_shapes, vissl_lars_importable
 
 DIMS = {"backbone": 2048, "layer3": 1024, "head": 8192}
 VISSL_URL = (
     "https://dl.fbaipublicfiles.com/vissl/model_zoo/barlow_twins/"
     "barlow_twins_32gpus_4node_imagenet1k_1000ep_resnet50.torch"
 )
-REPO_URL = "https://dl.fbaipublicfiles.com/barlowtwins/ljng/checkpoint.pth"
-BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def _bn_shapes(prefix: str, c: int) -> dict:
-    shapes = {f"{prefix}.{n}": (c,) for n in ("weight", "bias", "running_mean", "running_var")}
-    return {**shapes, f"{prefix}.num_batches_tracked": ()}
 
 
 # The projector in nn.Sequential numbering (as the repository saves it); VISSL's
 # names for the same tensors follow.
-PROJECTOR_SHAPES = {"0.weight": (8192, 2048), **_bn_shapes("1", 8192), "3.weight": (8192, 8192), **_bn_shapes("4", 8192), "6.weight": (8192, 8192)}
+PROJECTOR_SHAPES = {"0.weight": (8192, 2048), **bn_shapes("1", 8192), "3.weight": (8192, 8192), **bn_shapes("4", 8192), "6.weight": (8192, 8192)}
 SQUARE = ("3.weight", "6.weight")
 VISSL_NAMES = {"0.": "0.clf.0.", "1.": "0.clf.1.", "3.": "1.clf.0.", "4.": "1.clf.1.", "6.": "2.clf.0."}
-
-
-def square_weight(gen: torch.Generator, n: int = 8192, distinct: int = 1024) -> torch.Tensor:
-    """An n x n Linear weight made quickly: ``distinct`` random rows repeated, every
-    row with its own random scale, so no two output units are equal."""
-    rows = torch.randn(distinct, n, generator=gen).repeat(n // distinct, 1)
-    return rows.mul_((1.0 + 0.2 * torch.rand(n, 1, generator=gen)) / n**0.5)
 
 
 def make_projector(seed: int = 1) -> OrderedDict:
@@ -70,82 +56,9 @@ def vissl_head_name(key: str) -> str:
 # --- VISSL's model-zoo file ----------------------------------------------------------
 
 
-@contextmanager
-def vissl_lars_importable():
-    """VISSL's ``_LARS`` class where pickle looks for it, so that its filter is
-    written by reference exactly as in the published file: protocol 2 cannot name
-    a nested attribute, so it writes ``getattr(_LARS, "_exclude_bias_and_norm")``."""
-
-    class _LARS:
-        @staticmethod
-        def _exclude_bias_and_norm(p):
-            return p.ndim == 1
-
-        @staticmethod
-        def step(p):
-            return p
-
-    module_name = "vissl.optimizers.lars"
-    _LARS.__module__, _LARS.__qualname__ = module_name, "_LARS"
-    for fn in (_LARS._exclude_bias_and_norm, _LARS.step):
-        fn.__module__, fn.__qualname__ = module_name, f"_LARS.{fn.__name__}"
-    names = ("vissl", "vissl.optimizers", module_name)
-    saved = {name: sys.modules.get(name) for name in names}
-    modules = {name: types.ModuleType(name) for name in names}
-    modules[module_name]._LARS = _LARS
-    sys.modules.update(modules)
-    try:
-        yield _LARS
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
-
-
-def _parameters(*states) -> list[torch.Tensor]:
-    return [v for state in states for k, v in state.items() if not k.endswith(BUFFERS)]
-
-
-def vissl_checkpoint(trunk, heads, exclude) -> dict:
-    """barlow_twins_..._resnet50.torch's nesting: VISSL's training state with the
-    network under classy_state_dict/base_model/model, LARS state (momentum buffers
-    stored as the parameters themselves, so the file stays small) whose param group
-    holds the filter, and the AMP grad scaler's state."""
-    params = _parameters(trunk, heads)
-    optim = {
-        "state": {i: {"momentum_buffer": p} for i, p in enumerate(params)},
-        "param_groups": [
-            {"lr": 0.0, "momentum": 0.9, "weight_decay": 1.5e-6, "eta": 0.001, "exclude": exclude, "params": list(range(len(params)))}
-        ],
-    }
-    return {
-        "phase_idx": 999,
-        "iteration": 625000,
-        "loss": OrderedDict(),
-        "iteration_num": 625000,
-        "train_phase_idx": 999,
-        "classy_state_dict": {
-            "train": True,
-            "base_model": {"model": {"trunk": trunk, "heads": heads}},
-            "meters": [],
-            "optimizer": {"optim": optim},
-            "phase_idx": 999,
-            "train_phase_idx": 999,
-            "num_updates": 625000,
-            "losses": [1520.3, 1519.8],
-            "hooks": {},
-            "loss": {},
-            "train_dataset_iterator": {},
-            "amp": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000, "_growth_tracker": 12},
-        },
-    }
-
-
 def save_vissl(trunk, heads, path):
     with vissl_lars_importable() as lars:
-        torch.save(vissl_checkpoint(trunk, heads, lars._exclude_bias_and_norm), path)
+        torch.save(barlow_vissl_checkpoint(trunk, heads, lars._exclude_bias_and_norm), path)
     return path
 
 
@@ -225,16 +138,10 @@ def encoder(vissl_file):
 # --- tests ---------------------------------------------------------------------------
 
 
-def test_spec_declares_layers_weights_and_preprocessing():
-    spec = get_registry().specs["barlow"].spec
-    assert {k: d for k, (d, _) in spec.layers.items()} == DIMS
-    assert spec.default_layer == "backbone"
-    assert [(s.name, s.url) for s in spec.weights] == [("vissl", VISSL_URL), ("repo", REPO_URL)]
-    assert all("MIT" in s.license for s in spec.weights) and "VISSL" in spec.weights[0].license
-    assert all(s.notes for s in spec.weights)
-    pre = spec.preprocessing
-    assert (pre.resize, pre.resize_to, pre.size, pre.interpolation) == ("short-side", 256, 224, "bilinear")
-    assert (pre.mean, pre.std) == (IMAGENET_MEAN, IMAGENET_STD)
+def test_both_sources_state_notes():
+    """(Its layers, sources, licences and preprocessing are checked with every
+    family's in test_encoder_common.)"""
+    assert all(s.notes for s in get_registry().specs["barlow"].spec.weights)
 
 
 def test_the_synthetic_vissl_file_pickles_the_filter_like_the_published_one(vissl_file):
@@ -381,26 +288,6 @@ def test_numbers_match_an_independent_computation(vissl_model, encoder):
 # --- what must not load --------------------------------------------------------------
 
 
-class _RunsCode:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return exec, (f"open({self.marker!r}, 'w').close()",)
-
-
-def test_a_file_that_would_run_code_is_refused(tmp_path):
-    marker = tmp_path / "ran"
-    path = tmp_path / "evil.torch"
-    with vissl_lars_importable() as lars:
-        checkpoint = vissl_checkpoint(OrderedDict(), OrderedDict(), lars._exclude_bias_and_norm)
-        checkpoint["classy_state_dict"]["meters"] = [_RunsCode(marker)]
-        torch.save(checkpoint, path)
-    with pytest.raises(RcdmError, match="refused"):
-        create_encoder("barlow", weights_path=path)
-    assert not marker.exists()
-
-
 @pytest.mark.parametrize("target", ["other LARS attribute", "attribute of an allowed class"])
 def test_the_getattr_stand_in_answers_only_for_the_filter(tmp_path, target):
     """The published file needs ``builtins.getattr`` admitted; the stand-in admits
@@ -408,6 +295,6 @@ def test_the_getattr_stand_in_answers_only_for_the_filter(tmp_path, target):
     path = tmp_path / "getattr.torch"
     with vissl_lars_importable() as lars:
         other = lars.step if target == "other LARS attribute" else OrderedDict.fromkeys
-        torch.save(vissl_checkpoint(OrderedDict(), OrderedDict(), other), path)
+        torch.save(barlow_vissl_checkpoint(OrderedDict(), OrderedDict(), other), path)
     with pytest.raises(RcdmError, match="refused"):
         create_encoder("barlow", weights_path=path)

@@ -320,21 +320,15 @@ def mmselfsup_encoder(mmselfsup_file):
 # --- the spec -----------------------------------------------------------------------------
 
 
-def test_spec_declares_layers_sources_and_preprocessing():
-    spec = get_registry().specs["byol"].spec
-    assert {k: d for k, (d, _) in spec.layers.items()} == DIMS
-    assert spec.default_layer == "backbone"
-    deepmind, mmselfsup = spec.weights
-    assert deepmind.name == "deepmind"
-    assert deepmind.url == "https://storage.googleapis.com/deepmind-byol/checkpoints/pretrain_res50x1.pkl"
+def test_sources_state_their_licences_digest_notes_and_preprocessing():
+    """(The layers, sources, licence names and the DeepMind file's preprocessing are
+    checked with every family's in test_encoder_common.)"""
+    deepmind, mmselfsup = get_registry().specs["byol"].spec.weights
     # the repository's licence; its BYOL README states none for the weights
     assert deepmind.license == "Apache-2.0 (deepmind-research repository); no separate weight licence stated"
-    assert mmselfsup.name == "mmselfsup" and mmselfsup.license == "Apache-2.0"
+    assert mmselfsup.license == "Apache-2.0"
     assert mmselfsup.url.endswith("/" + MMSELFSUP_FILE) and mmselfsup.sha256_prefix == "de817331"
     assert "1000" in mmselfsup.notes and "200" in mmselfsup.notes and "SAME" in mmselfsup.notes
-    pre = spec.preprocessing
-    assert (pre.resize_to, pre.size, pre.interpolation) == (256, 224, "bicubic")
-    assert (pre.mean, pre.std) == (IMAGENET_MEAN, IMAGENET_STD)
     mm = mmselfsup.preprocessing
     assert (mm.resize_to, mm.size, mm.interpolation) == (256, 224, "bilinear")
     assert (mm.mean, mm.std) == (IMAGENET_MEAN, IMAGENET_STD)

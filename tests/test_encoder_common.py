@@ -1,10 +1,17 @@
 """What every built-in encoder must declare, checked over all of them as they come
 through the real entry points (families such as ``timm`` describe their members
-elsewhere), and the native/rcdm preprocessing switch every encoder shares."""
+elsewhere), the native/rcdm preprocessing switch every encoder shares, and the checks
+that are the same for every self-supervised family: what each spec declares, and
+that a weights file in the family's layout that would run code is refused."""
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
 import sys
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +19,10 @@ import pytest
 import torch
 from PIL import Image
 
-from rcdm_cli.encoders import IMAGENET_MEAN, IMAGENET_STD, get_registry, reset_registry
+from rcdm_cli.encoders import IMAGENET_MEAN, IMAGENET_STD, create_encoder, get_registry, reset_registry
+from rcdm_cli.errors import RcdmError
 from rcdm_cli.preprocessing import diffusion_target
+from synthetic import barlow_vissl_checkpoint, simclr_vissl_checkpoint, vissl_lars_importable
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +127,157 @@ def test_rcdm_preprocessing_is_guided_diffusion_crop_and_minus_one_to_one(regist
     with torch.no_grad():
         direct = encoder.network(batch * 2 - 1, "backbone").flatten(1)
         assert torch.allclose(encoder(batch), direct, rtol=1e-5, atol=1e-6)
+
+
+# --- what each family's spec declares ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    url: str
+    licence: tuple[str, ...]  # words the licence names
+
+
+@dataclass(frozen=True)
+class Declared:
+    layers: dict[str, int]
+    sources: tuple[Source, ...]
+    preprocessing: tuple[str, int, int, str]  # resize, resize_to, size, interpolation
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] = (IMAGENET_MEAN, IMAGENET_STD)
+
+
+FAIR = "https://dl.fbaipublicfiles.com"
+DINO = FAIR + "/dino/{0}/{0}_full_checkpoint.pth"
+MMSELFSUP = "byol_resnet50_16xb256-coslr-200e_in1k"
+BILINEAR = ("short-side", 256, 224, "bilinear")
+BICUBIC = ("short-side", 256, 224, "bicubic")
+DINO_NORMALISATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # as DINO's own code spells it
+DECLARED = {
+    "simclr": Declared(
+        {"backbone": 2048, "layer3": 1024, "head": 128},
+        (Source("vissl", FAIR + "/vissl/model_zoo/simclr_rn50_1000ep_simclr_8node_resnet_16_07_20.afe428c7/model_final_checkpoint_phase999.torch", ("MIT", "VISSL")),),
+        BILINEAR,
+    ),
+    "vicreg": Declared(
+        {"backbone": 2048, "layer3": 1024, "head": 8192},
+        (Source("fullckpt", FAIR + "/vicreg/resnet50_fullckpt.pth", ("MIT",)),),
+        BILINEAR,
+    ),
+    "swav": Declared(
+        {"backbone": 2048, "layer3": 1024, "head": 128, "prototypes": 3000},
+        (Source("800ep", FAIR + "/deepcluster/swav_800ep_pretrain.pth.tar", ("CC-BY-NC",)),),
+        BILINEAR,
+        ((0.485, 0.456, 0.406), (0.228, 0.224, 0.225)),  # SwAV's own
+    ),
+    "barlow": Declared(
+        {"backbone": 2048, "layer3": 1024, "head": 8192},
+        (
+            Source("vissl", FAIR + "/vissl/model_zoo/barlow_twins/barlow_twins_32gpus_4node_imagenet1k_1000ep_resnet50.torch", ("MIT", "VISSL")),
+            Source("repo", FAIR + "/barlowtwins/ljng/checkpoint.pth", ("MIT",)),
+        ),
+        BILINEAR,
+    ),
+    "byol": Declared(
+        {"backbone": 2048, "layer3": 1024, "head": 256},
+        (
+            Source("deepmind", "https://storage.googleapis.com/deepmind-byol/checkpoints/pretrain_res50x1.pkl", ("Apache-2.0",)),
+            Source("mmselfsup", f"https://download.openmmlab.com/mmselfsup/1.x/byol/{MMSELFSUP}/{MMSELFSUP}_20220825-de817331.pth", ("Apache-2.0",)),
+        ),
+        BICUBIC,  # the DeepMind file's; the mmselfsup source has its own (test_encoder_byol)
+    ),
+    "dino": Declared(
+        {"backbone": 2048, "layer3": 1024, "head": 256}, (Source("resnet50", DINO.format("dino_resnet50_pretrain"), ("Apache-2.0",)),), BICUBIC, DINO_NORMALISATION
+    ),
+    "dino-vits16": Declared(
+        {"backbone": 384, "head": 256}, (Source("vits16", DINO.format("dino_deitsmall16_pretrain"), ("Apache-2.0",)),), BICUBIC, DINO_NORMALISATION
+    ),
+    "dino-vitb16": Declared(
+        {"backbone": 768, "head": 256}, (Source("vitb16", DINO.format("dino_vitbase16_pretrain"), ("Apache-2.0",)),), BICUBIC, DINO_NORMALISATION
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(DECLARED))
+def test_spec_declares_layers_weights_and_preprocessing(registry, name):
+    declared = DECLARED[name]
+    spec = registry.specs[name].spec
+    assert {k: d for k, (d, _) in spec.layers.items()} == declared.layers
+    assert spec.default_layer == "backbone"
+    assert [(s.name, s.url) for s in spec.weights] == [(s.name, s.url) for s in declared.sources]
+    for source, expected in zip(spec.weights, declared.sources):
+        for word in expected.licence:
+            assert word in source.license, f"{name}@{source.name}: {source.license}"
+    pre = spec.preprocessing
+    assert (pre.resize, pre.resize_to, pre.size, pre.interpolation) == declared.preprocessing
+    assert (pre.mean, pre.std) == declared.normalisation
+
+
+# --- a weights file that would run code -------------------------------------------------------
+
+
+def _touch(marker: Path) -> str:
+    return f"touch {shlex.quote(str(marker))}"
+
+
+# Three ways a pickle can run code when loaded
+RUNS = {
+    "exec": lambda marker: (exec, (f"open({str(marker)!r}, 'w').close()",)),
+    "os.system": lambda marker: (os.system, (_touch(marker),)),
+    "subprocess.call": lambda marker: (subprocess.call, (["sh", "-c", _touch(marker)],)),
+}
+
+
+class _RunsCode:
+    def __init__(self, how: str, marker: Path):
+        self.how, self.marker = how, marker
+
+    def __reduce__(self):
+        return RUNS[self.how](self.marker)
+
+
+def _simclr_file(payload, path: Path) -> None:
+    """VISSL's training state (the legacy torch format of the 2020 file), the payload
+    among its meters."""
+    checkpoint = simclr_vissl_checkpoint(OrderedDict(), OrderedDict())
+    checkpoint["classy_state_dict"]["meters"] = [payload]
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=False)
+
+
+def _barlow_file(payload, path: Path) -> None:
+    """VISSL's training state with the LARS filter the loader lets through, the
+    payload among its meters."""
+    with vissl_lars_importable() as lars:
+        checkpoint = barlow_vissl_checkpoint(OrderedDict(), OrderedDict(), lars._exclude_bias_and_norm)
+        checkpoint["classy_state_dict"]["meters"] = [payload]
+        torch.save(checkpoint, path)
+
+
+def _swav_file(payload, path: Path) -> None:
+    """A state dict, the payload as one of its values."""
+    torch.save(OrderedDict({"module.conv1.weight": torch.zeros(64, 3, 7, 7), "payload": payload}), path)
+
+
+def _vicreg_file(payload, path: Path) -> None:
+    """The full checkpoint, the payload where the training script's filter is."""
+    torch.save({"epoch": 1, "model": OrderedDict(), "optimizer": {"state": {}, "param_groups": [{"weight_decay_filter": payload}]}}, path)
+
+
+LAYOUTS = {
+    "barlow": ("evil.torch", _barlow_file),
+    "simclr": ("evil.torch", _simclr_file),
+    "swav": ("evil.pth.tar", _swav_file),
+    "vicreg": ("evil.pth", _vicreg_file),
+}
+
+
+@pytest.mark.parametrize("how", list(RUNS))
+@pytest.mark.parametrize("family", list(LAYOUTS))
+def test_a_file_that_would_run_code_is_refused(tmp_path, family, how):
+    marker = tmp_path / "ran"
+    file_name, write = LAYOUTS[family]
+    path = tmp_path / file_name
+    write(_RunsCode(how, marker), path)
+    with pytest.raises(RcdmError, match="refused"):
+        create_encoder(family, weights_path=path)
+    assert not marker.exists()
