@@ -1,8 +1,8 @@
 """What every built-in encoder must declare, checked over all of them as they come
 through the real entry points (families such as ``timm`` describe their members
 elsewhere), the native/rcdm preprocessing switch every encoder shares, and the checks
-that are the same for every self-supervised family: what each spec declares, and
-that a weights file in the family's layout that would run code is refused."""
+several families share: what each spec declares, and that a weights file in the
+family's layout that would run code is refused."""
 
 from __future__ import annotations
 
