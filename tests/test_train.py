@@ -445,18 +445,22 @@ def test_terminal_plain_and_quiet_output(capsys, shapes, tmp_path, monkeypatch):
     args = [shapes, *COMMON, "--steps", 2, "--batch-size", 2, "--save-every", 2, "--log-every", 1, "--sample-every", 100]
     code, _, err = rcdm(capsys, "train", *args, "--out", tmp_path / "plain")
     assert code == 0, err
-    assert "rcdm: step 2: loss" in err and "rcdm: finished at step 2" in err
-    assert "step 2/2 loss" not in err  # no bar in a batch log
+    assert "rcdm: step 2: mean over the last 1 step(s): loss" in err and "rcdm: finished at step 2" in err
+    assert "mean loss" in err.splitlines()[-1] and "over the last 1 step(s)" in err.splitlines()[-1]
+    assert "step 2/2 mean loss" not in err  # no bar in a batch log
 
     code, out, err = rcdm(capsys, "--quiet", "train", *args, "--out", tmp_path / "quiet", "--json")
-    assert code == 0 and err == "" and json.loads(out)["step"] == 2
+    summary = json.loads(out)
+    assert code == 0 and err == "" and summary["step"] == 2
+    last = json.loads((tmp_path / "quiet" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert summary["final_loss"] == last["loss"] and summary["final_loss_steps"] == last["window_steps"] == 1
 
     screen = io.StringIO()
     monkeypatch.setattr(console, "err", Console(file=screen, force_terminal=True, color_system=None, width=160))
     code, _, err = rcdm(capsys, "train", *args, "--out", tmp_path / "terminal")
     assert code == 0, err
     shown = screen.getvalue()
-    assert "step 2/2 loss" in shown and "img/s" in shown  # the bar
+    assert "step 2/2 mean loss" in shown and "img/s" in shown  # the bar
     assert "finished at step 2" in shown and "rcdm: " not in shown  # rich log lines
 
 

@@ -41,15 +41,19 @@ class _CLIReporter:
     def event(self, message: str) -> None:
         log.info("%s", message)
 
+    def warning(self, message: str) -> None:
+        log.warning("%s", message)
+
     def step(self, step: int, total: int, loss: float, images_per_second: float) -> None:
         if self.bar._bar is not None:  # only the terminal bar updates every step
-            self.bar.update(step, f"step {step}/{total} loss {loss:.4f} {images_per_second:.1f} img/s")
+            self.bar.update(step, f"step {step}/{total} mean loss {loss:.4f} since the last log, {images_per_second:.1f} img/s")
 
     def log(self, record: dict) -> None:
         failed = record["unreadable_in_training"]
         log.info(
-            "step %d: loss %.4f (mse %.4f, vb %.4f), grad norm %.3g, %.1f img/s%s",
-            record["step"], record["loss"], record["mse"], record["vb"], record["grad_norm"], record["img_per_s"],
+            "step %d: mean over the last %d step(s): loss %.4f (mse %.4f, vb %.4f), grad norm %.3g, %.1f img/s%s",
+            record["step"], record["window_steps"], record["loss"], record["mse"], record["vb"], record["grad_norm"],
+            record["img_per_s"],
             f", {failed} image(s) failed to decode and were replaced" if failed else "",
         )
 
@@ -214,8 +218,12 @@ def _report(summary) -> None:
             summary.step, summary.last_checkpoint,
         )
         return
+    loss = (
+        f", mean loss {summary.final_loss:.4f} over the last {summary.final_loss_steps} step(s)"
+        if summary.final_loss is not None else ""
+    )
     log.info(
-        "%s at step %d in %.0f s%s; latest checkpoint: %s",
-        "stopped" if summary.stopped_by_signal else "finished", summary.step, summary.seconds, unreadable,
+        "%s at step %d in %.0f s%s%s; latest checkpoint: %s",
+        "stopped" if summary.stopped_by_signal else "finished", summary.step, summary.seconds, loss, unreadable,
         summary.last_checkpoint,
     )

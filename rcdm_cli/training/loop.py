@@ -80,7 +80,8 @@ class Reporter:
 
     def event(self, message: str) -> None: ...
 
-    def step(self, step: int, total: int, loss: float, images_per_second: float) -> None: ...
+    def step(self, step: int, total: int, loss: float, images_per_second: float) -> None:
+        """``loss`` is the mean over the steps of the current --log-every window so far."""
 
     def log(self, record: dict[str, Any]) -> None: ...
 
@@ -102,6 +103,10 @@ class TrainSummary:
     unreadable_in_training: int  # distinct files that failed to decode later: replaced
     last_checkpoint: str | None
     seconds: float
+    # the mean training loss over the run's last steps (a --log-every window, or fewer
+    # at the end of a stopped run), and how many steps that mean covers
+    final_loss: float | None = None
+    final_loss_steps: int = 0
 
 
 def encoder_preprocessing(choice: str, native: Preprocessing) -> Preprocessing:
@@ -176,6 +181,7 @@ class Trainer:
         self.signals = _StopSignals()
         self.notes: list[str] = []
         self.step = 0
+        self._last_logged: tuple[float | None, int] = (None, 0)  # (mean loss, steps) of the last metrics record
         self.samples_seen = 0  # the data position: global batches consumed x global batch
         self.failed: set[int] = set()  # indices of images that failed to decode in training
         self.device = device
@@ -364,9 +370,11 @@ class Trainer:
         frozen = self.step < self.config.conditioning_only
         if frozen != self._frozen:
             if self._frozen is not None or frozen:
+                count = sum(p.numel() for n, p in self.model.named_parameters() if n in set(self.conditioning_names))
                 self.reporter.event(
-                    f"training the conditioning path only ({', '.join(self.conditioning_names)}) until step "
-                    f"{self.config.conditioning_only}" if frozen else f"step {self.step}: training every layer from now on"
+                    f"training only the conditioning path ({self.config.conditioning_layers}: {count:,} parameters) "
+                    f"until step {self.config.conditioning_only}" if frozen
+                    else f"step {self.step}: training every layer from now on"
                 )
             if not self.world.distributed:
                 set_trainable(self.model, self.conditioning_names if frozen else None)
@@ -741,12 +749,13 @@ class Trainer:
             window[key] += float(stats[key])
         window["n"] += 1
         rate = window["images"] / max(time.perf_counter() - window["start"], 1e-9)
-        self.reporter.step(self.step, cfg.steps, float(stats["loss"]), rate)
+        self.reporter.step(self.step, cfg.steps, window["loss"] / window["n"], rate)
         if self.step % cfg.log_every and self.step != cfg.steps:
             return
         record = {
             "step": self.step,
             **{key: window[key] / window["n"] for key in ("loss", "mse", "vb", "grad_norm")},
+            "window_steps": window["n"],
             "lr": self.optimizer.param_groups[0]["lr"],
             "img_per_s": rate,
             "samples_seen": self.samples_seen,
@@ -756,10 +765,16 @@ class Trainer:
         if self.world.is_main:
             self.run_dir.append_metrics(record)
         self.reporter.log(record)
+        self._last_logged = (record["loss"], record["window_steps"])
         self._window = self._new_window()
 
     def _summary(self, started: float, *, stopped: bool, before_training: bool) -> TrainSummary:
         latest = self.run_dir.latest()
+        window = getattr(self, "_window", None)
+        if window is not None and window["n"]:  # steps since the last log: a stop signal cut the window
+            final_loss, final_steps = window["loss"] / window["n"], int(window["n"])
+        else:
+            final_loss, final_steps = self._last_logged
         return TrainSummary(
             run_dir=str(self.run_dir.root),
             step=self.step,
@@ -769,4 +784,6 @@ class Trainer:
             unreadable_in_training=len(self.failed),
             last_checkpoint=str(latest[1]) if latest else None,
             seconds=time.perf_counter() - started,
+            final_loss=final_loss,
+            final_loss_steps=final_steps,
         )
