@@ -29,8 +29,8 @@ from rcdm_cli.attacks.representation import representation_pgd
 from rcdm_cli.encoders import Encoder, EncoderName
 from rcdm_cli.errors import UsageError
 from rcdm_cli.evaluation.probe import Probe
-from rcdm_cli.pipeline.sampling import stream_seed
 from rcdm_cli.preprocessing import Preprocessing
+from rcdm_cli.seeding import stream_seed
 
 OBJECTIVES = ("classifier", "representation")
 ATTACK_TAG = 23  # the random starts' streams: (seed, ATTACK_TAG, image or batch start)

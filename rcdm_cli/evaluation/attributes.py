@@ -50,8 +50,9 @@ from rcdm_cli.errors import UsageError
 from rcdm_cli.evaluation.augmentations import AUGMENTATIONS
 from rcdm_cli.evaluation.invariance import augmented
 from rcdm_cli.evaluation.rank import rank_table, summarize
-from rcdm_cli.pipeline.sampling import SamplingOptions, stream_seed
+from rcdm_cli.pipeline.sampling import SamplingOptions
 from rcdm_cli.preprocessing import diffusion_target
+from rcdm_cli.seeding import stream_seed
 
 BOOTSTRAP = 2000
 BOOTSTRAP_TAG = 12  # stream tag of the bootstrap's resampling

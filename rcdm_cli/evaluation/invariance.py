@@ -14,7 +14,7 @@ from PIL import Image
 from rcdm_cli.encoders import Encoder
 from rcdm_cli.errors import UsageError
 from rcdm_cli.evaluation.augmentations import AUGMENTATIONS, Augmentation
-from rcdm_cli.pipeline.sampling import stream_seed
+from rcdm_cli.seeding import stream_seed
 
 AUGMENT_TAG = 11
 

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-import numpy as np
 import torch
 
 from rcdm_cli.checkpoint.metadata import CheckpointMeta
@@ -22,6 +21,7 @@ from rcdm_cli.diffusion.gaussian import GaussianDiffusion, randn
 from rcdm_cli.diffusion.samplers import get_sampler
 from rcdm_cli.errors import UsageError
 from rcdm_cli.pipeline.model import PRECISIONS, RCDMModel, Speed, check_precision, exact_float32
+from rcdm_cli.seeding import stream_seed
 
 
 # "auto" (the default of --sampler and --steps) resolves per model; see default_sampling.
@@ -83,13 +83,6 @@ class SampleResult:
     samples: torch.Tensor  # (num_reps, n, 3, H, W) in [-1, 1], on the CPU
     seconds: float
     seeds: list[list[int]] = field(default_factory=list)
-
-
-def stream_seed(*parts: int) -> int:
-    """A 64-bit seed mixed from non-negative integers, so nearby inputs give unrelated
-    streams (every random stream of rcdm is keyed this way)."""
-    state = np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint32)
-    return int(state[0]) << 32 | int(state[1])
 
 
 def sample_seed(seed: int, rep_index: int, sample_index: int) -> int:

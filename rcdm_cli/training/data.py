@@ -27,8 +27,8 @@ from PIL import Image
 
 from rcdm_cli.errors import UsageError
 from rcdm_cli.inputs import as_seen, list_images
-from rcdm_cli.pipeline.sampling import stream_seed
 from rcdm_cli.preprocessing import Preprocessing, diffusion_target
+from rcdm_cli.seeding import stream_seed
 
 # Tags that keep the run's random streams apart.
 AUGMENT, PERMUTE = 1, 2

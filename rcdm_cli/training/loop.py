@@ -50,8 +50,9 @@ from rcdm_cli.fileio import write_json
 from rcdm_cli.imaging import make_grid, save_png, to_pil
 from rcdm_cli.pipeline.diagnostics import conditioning_effect, ignores_conditioning
 from rcdm_cli.pipeline.model import CompiledOrEager, RCDMModel, autocast, emulated_bf16, memory_format
-from rcdm_cli.pipeline.sampling import SamplingOptions, sample_representations, stream_seed
+from rcdm_cli.pipeline.sampling import SamplingOptions, sample_representations
 from rcdm_cli.preprocessing import RCDM, Preprocessing
+from rcdm_cli.seeding import stream_seed
 from rcdm_cli.training import distributed as dist_util
 from rcdm_cli.training.config import TrainConfig
 from rcdm_cli.training.data import (
