@@ -195,7 +195,7 @@ def test_samples_are_clipped_predictions_at_the_end(diffusion):
 
 
 def test_eta_with_ddpm_is_refused(diffusion):
-    with pytest.raises(UsageError, match="DDIM"):
+    with pytest.raises(ValueError, match="DDIM"):
         sample_ddpm(RecordingModel(), diffusion.respace("5"), torch.zeros(1, 3, 4, 4), eta=0.5)
 
 

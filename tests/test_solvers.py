@@ -107,14 +107,14 @@ def test_dpmpp_2m_clips_its_estimates(base, mu):
 
 def test_dpmpp_2m_refuses_eta_and_unknown_options(base, mu):
     model = GaussianDataModel(base, mu)
-    with pytest.raises(UsageError, match="DDIM"):
+    with pytest.raises(ValueError, match="DDIM"):
         sample_dpmpp_2m(model, base.respace("5"), _noise(), eta=0.0)
     with pytest.raises(TypeError):
         sample_dpmpp_2m(model, base.respace("5"), _noise(), order=3)
     with pytest.raises(UsageError, match="dpm\\+\\+2m, dpm\\+\\+3m"):
         get_sampler("dpm++4m")
     assert SAMPLERS["dpm++2m"] is sample_dpmpp_2m
-    with pytest.raises(UsageError, match="DDIM"):
+    with pytest.raises(ValueError, match="DDIM"):
         sample_dpmpp_3m(model, base.respace("5"), _noise(), eta=0.5)
 
 

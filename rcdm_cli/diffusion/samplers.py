@@ -99,7 +99,7 @@ def sample_ddpm(
 ) -> torch.Tensor:
     """Ancestral sampling, the original RCDM sampler (``--use_ddim False``)."""
     if eta is not None:
-        raise UsageError("--eta applies to the DDIM sampler only")
+        raise ValueError("eta is a setting of DDIM sampling only")
     x = noise
     for k, (i, t) in enumerate(_timesteps(diffusion, x), start=1):
         step_noise = randn(x.shape, generator, x.device) if i > 0 else None
@@ -122,7 +122,7 @@ def sample_ddim(
     """DDIM sampling; with eta = 0 the result is a deterministic function of the noise."""
     eta = 0.0 if eta is None else float(eta)
     if eta < 0:
-        raise UsageError(f"--eta must be >= 0, got {eta}")
+        raise ValueError(f"DDIM's eta must be >= 0, got {eta}")
     x = noise
     for k, (i, t) in enumerate(_timesteps(diffusion, x), start=1):
         step_noise = randn(x.shape, generator, x.device) if eta > 0 and i > 0 else None
@@ -220,7 +220,7 @@ def sample_dpmpp_2m(
     x_0 estimate, as the other samplers end on theirs.
     """
     if eta is not None:
-        raise UsageError("--eta applies to the DDIM sampler only")
+        raise ValueError("eta is a setting of DDIM sampling only")
     return _dpmpp_multistep(model, diffusion, noise, 2, clip_denoised, callback)
 
 
@@ -240,7 +240,7 @@ def sample_dpmpp_3m(
     before the last, first order on the first and the last. On the trained miniature
     models it kept no more than 2M at the same calls (docs/performance.md)."""
     if eta is not None:
-        raise UsageError("--eta applies to the DDIM sampler only")
+        raise ValueError("eta is a setting of DDIM sampling only")
     return _dpmpp_multistep(model, diffusion, noise, 3, clip_denoised, callback)
 
 
