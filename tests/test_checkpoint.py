@@ -14,7 +14,8 @@ from rcdm_cli.checkpoint.official import check_state_dict, load_official_state_d
 from rcdm_cli.checkpoint.released import RELEASED, RELEASED_FLAGS, get_released
 from rcdm_cli.checkpoint.resolve import resolve_checkpoint
 from rcdm_cli.checkpoint.store import load_checkpoint, read_meta, save_checkpoint
-from rcdm_cli.diffusion import PRESETS, parse_official_flags
+from rcdm_cli.checkpoint.flags import parse_official_flags
+from rcdm_cli.diffusion import PRESETS
 from rcdm_cli.errors import RcdmError, UsageError
 from rcdm_cli.pipeline.model import RCDMModel
 

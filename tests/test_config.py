@@ -1,6 +1,7 @@
 import pytest
 
-from rcdm_cli.diffusion import PRESETS, DiffusionConfig, UNetConfig, get_preset, parse_official_flags, to_official_flags
+from rcdm_cli.checkpoint.flags import parse_official_flags, to_official_flags
+from rcdm_cli.diffusion import PRESETS, DiffusionConfig, UNetConfig, get_preset
 from rcdm_cli.errors import UsageError
 
 

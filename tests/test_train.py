@@ -197,7 +197,8 @@ def test_microbatches_accumulate_to_the_same_step(shapes, tmp_path):
 
 
 def test_official_flags_describe_the_model_instead_of_a_preset(capsys, shapes, tmp_path):
-    from rcdm_cli.diffusion import PRESETS, DiffusionConfig, to_official_flags
+    from rcdm_cli.checkpoint.flags import to_official_flags
+    from rcdm_cli.diffusion import PRESETS, DiffusionConfig
 
     flags = to_official_flags(PRESETS["tiny"].unet, DiffusionConfig(predict_xstart=True)) + " --lr 3e-4"
     base = ["--encoder", "random", "--workers", "0", "--cache-features", "--flags", flags]

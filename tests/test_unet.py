@@ -6,7 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import rel_err
-from rcdm_cli.diffusion import PRESETS, UNet, UNetConfig, count_parameters, parse_official_flags
+from rcdm_cli.checkpoint.flags import parse_official_flags
+from rcdm_cli.diffusion import PRESETS, UNet, UNetConfig, count_parameters
 from rcdm_cli.diffusion.layers import AttentionBlock
 
 

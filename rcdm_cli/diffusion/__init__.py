@@ -4,16 +4,7 @@ Pure tensors in, tensors out: no files, no printing, no encoders. The caller bin
 representation to the network and hands the samplers a plain ``model(x_t, t)``.
 """
 
-from rcdm_cli.diffusion.config import (
-    PRESETS,
-    DiffusionConfig,
-    OfficialFlags,
-    Preset,
-    UNetConfig,
-    get_preset,
-    parse_official_flags,
-    to_official_flags,
-)
+from rcdm_cli.diffusion.config import PRESETS, DiffusionConfig, Preset, UNetConfig, get_preset
 from rcdm_cli.diffusion.gaussian import GaussianDiffusion, PosteriorParams, randn
 from rcdm_cli.diffusion.respace import space_timesteps
 from rcdm_cli.diffusion.samplers import (
@@ -40,7 +31,6 @@ __all__ = [
     "DiffusionConfig",
     "GaussianDiffusion",
     "LossSecondMomentSampler",
-    "OfficialFlags",
     "PosteriorParams",
     "Preset",
     "UNet",
@@ -52,11 +42,9 @@ __all__ = [
     "ddpm_step",
     "get_preset",
     "get_sampler",
-    "parse_official_flags",
     "randn",
     "sample_ddim",
     "sample_ddpm",
     "sample_dpmpp_2m",
     "space_timesteps",
-    "to_official_flags",
 ]

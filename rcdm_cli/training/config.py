@@ -7,7 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from rcdm_cli.diffusion.config import DiffusionConfig, UNetConfig, get_preset, parse_official_flags
+from rcdm_cli.checkpoint.flags import parse_official_flags
+from rcdm_cli.diffusion.config import DiffusionConfig, UNetConfig, get_preset
 from rcdm_cli.diffusion.timestep_samplers import TIMESTEP_SAMPLERS
 from rcdm_cli.errors import UsageError
 
