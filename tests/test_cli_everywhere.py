@@ -12,14 +12,9 @@ import sys
 import pytest
 import typer
 
+from helpers import rcdm as _rcdm
 from rcdm_cli.cli.app import GLOBAL_FLAGS, GLOBAL_VALUED, app, run, split_global_options
 from rcdm_cli.cli.console import settings
-
-
-def _rcdm(capsys, *args):
-    code = run([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _commands():
