@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from rcdm_cli.checkpoint import released as released_mod
-from rcdm_cli.checkpoint.download import download, rcdm_home, record_path
 from rcdm_cli.checkpoint.resolve import resolve_checkpoint
+from rcdm_cli.download_cache import download, rcdm_home, record_path
 from rcdm_cli.errors import RcdmError
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
@@ -77,7 +77,7 @@ def test_a_cached_file_that_changed_since_its_download_is_refused(server, tmp_pa
 
 
 def test_a_file_put_in_the_cache_by_hand_is_hashed_once(server, tmp_path, monkeypatch):
-    from rcdm_cli.checkpoint import download as download_mod
+    import rcdm_cli.download_cache as download_mod
 
     dest = tmp_path / "f.bin"
     dest.write_bytes(PAYLOAD)
@@ -120,6 +120,7 @@ def test_released_checkpoint_downloads_on_first_use(server, monkeypatch, tmp_pat
     has the official layout (at the tiny size: the full 1.7 GB layout is covered by
     test_full_size_released_layout_loads_strictly)."""
     from helpers import make_tiny_state
+
     from rcdm_cli.diffusion import PRESETS
 
     buf_path = tmp_path / "served.pt"

@@ -16,6 +16,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import rcdm_cli.download_cache as download_module
+from rcdm_cli.download_cache import sha256sum
 from rcdm_cli.encoders import (
     NumpyUnpickler,
     WeightSource,
@@ -25,10 +27,7 @@ from rcdm_cli.encoders import (
     load_numpy_pickle,
     load_torch_file,
 )
-from rcdm_cli.checkpoint import download as download_module
-from rcdm_cli.checkpoint.download import sha256sum
 from rcdm_cli.errors import RcdmError
-
 
 # --- safetensors and torch files ---------------------------------------------------------
 

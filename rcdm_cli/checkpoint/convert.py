@@ -7,15 +7,15 @@ from typing import Callable
 
 import torch
 
-from rcdm_cli.checkpoint.download import Progress, download
+from rcdm_cli.checkpoint.flags import parse_official_flags
 from rcdm_cli.checkpoint.hashing import file_sha256
 from rcdm_cli.checkpoint.metadata import RCDM_PREPROCESSING, CheckpointMeta, EncoderInfo
 from rcdm_cli.checkpoint.official import check_state_dict, infer_rep_dim, load_official_state_dict
 from rcdm_cli.checkpoint.released import find_released, get_released
 from rcdm_cli.checkpoint.resolve import released_path
 from rcdm_cli.checkpoint.store import save_checkpoint
-from rcdm_cli.checkpoint.flags import parse_official_flags
 from rcdm_cli.diffusion.config import get_preset
+from rcdm_cli.download_cache import Progress, download
 from rcdm_cli.errors import RcdmError, UsageError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rcdm_cli.checkpoint.download import rcdm_home, sha256sum
+from rcdm_cli.download_cache import rcdm_home, sha256sum
 from rcdm_cli.fileio import write_json
 
 

@@ -17,13 +17,13 @@ from typing import Callable
 
 import torch
 
-from rcdm_cli.checkpoint.download import Progress, cache_path, download
 from rcdm_cli.checkpoint.metadata import CheckpointMeta
 from rcdm_cli.checkpoint.official import check_state_dict, load_official_state_dict
 from rcdm_cli.checkpoint.released import get_released
 from rcdm_cli.checkpoint.rundir import RunDir
 from rcdm_cli.checkpoint.store import load_checkpoint, read_meta
 from rcdm_cli.diffusion.config import get_preset
+from rcdm_cli.download_cache import Progress, cache_path, download
 from rcdm_cli.errors import RcdmError, UsageError
 
 # The width of a ResNet-50 trunk, the most common representation; used by `init:`

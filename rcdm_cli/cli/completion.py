@@ -59,7 +59,7 @@ def _cached(name: str, compute) -> list[dict]:
     under ``RCDM_HOME`` and recomputed whenever an installed plugin changes."""
     import json
 
-    from rcdm_cli.checkpoint.download import cache_path
+    from rcdm_cli.download_cache import cache_path
     from rcdm_cli.errors import RcdmError
     from rcdm_cli.fileio import write_json
 

@@ -9,7 +9,7 @@ from rcdm_cli.cli.console import err, log, settings
 
 
 def download_progress():
-    """A callback for :func:`rcdm_cli.checkpoint.download.download`: a bar on a
+    """A callback for :func:`rcdm_cli.download_cache.download`: a bar on a
     terminal, a log line per 10% otherwise."""
     state: dict = {"bar": None, "task": None, "next": 0.1, "started": False}
 

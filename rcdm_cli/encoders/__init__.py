@@ -6,12 +6,13 @@ A plugin (built-in or third-party) registers :class:`EncoderSpec` objects throug
 :func:`create_encoder` builds an encoder by name.
 """
 
+from rcdm_cli.download_cache import offline
 from rcdm_cli.encoders.attributes import AttributeSpec
 from rcdm_cli.encoders.encoder import Encoder
 from rcdm_cli.encoders.hooks import ENTRY_POINT_GROUP, hookimpl
 from rcdm_cli.encoders.nets import ResNetWithHeads, global_pool, mlp, resnet50_trunk, resnet_stages, uninitialized
-from rcdm_cli.encoders.registry import EncoderName, EncoderRegistry, create_encoder, get_registry, reset_registry
 from rcdm_cli.encoders.numpy_pickle import NumpyUnpickler, PickleRefused
+from rcdm_cli.encoders.registry import EncoderName, EncoderRegistry, create_encoder, get_registry, reset_registry
 from rcdm_cli.encoders.spec import BuildRequest, EncoderSpec, WeightSource
 from rcdm_cli.encoders.weights import (
     drop_common_prefix,
@@ -28,7 +29,6 @@ from rcdm_cli.encoders.weights import (
     subtree,
     tensors_only,
 )
-from rcdm_cli.checkpoint.download import offline
 from rcdm_cli.errors import RcdmError, UsageError
 from rcdm_cli.preprocessing import IMAGENET, IMAGENET_MEAN, IMAGENET_STD, RCDM, Preprocessing
 

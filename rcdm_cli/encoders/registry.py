@@ -21,7 +21,7 @@ from typing import Any
 import pluggy
 import torch
 
-from rcdm_cli.checkpoint.download import Progress
+from rcdm_cli.download_cache import Progress
 from rcdm_cli.encoders.encoder import Encoder
 from rcdm_cli.encoders.attributes import AttributeSpec
 from rcdm_cli.encoders.hooks import ENTRY_POINT_GROUP, PROJECT, PluginHooks

@@ -8,7 +8,7 @@ Public helpers for plugins (built-in or third-party):
   downloaded (say torchvision's ResNet-50) is found and not fetched twice. A file whose
   source publishes a SHA-256 (or torch hub's file-name prefix of one) is checked after
   download and, once, when it is first found in the cache; the download cache's
-  ``.verified.json`` record beside it keeps that check (rcdm_cli/checkpoint/download.py).
+  ``.verified.json`` record beside it keeps that check (rcdm_cli/download_cache.py).
 - :func:`load_torch_file`: reads a weights file of either kind: safetensors (recognised
   by its header, whatever the file is called), or ``torch.load(weights_only=True)``
   with a short, explicit allow-list of harmless non-tensor objects that published
@@ -39,7 +39,7 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
-from rcdm_cli.checkpoint.download import Progress, download, rcdm_home
+from rcdm_cli.download_cache import Progress, download, rcdm_home
 from rcdm_cli.encoders.numpy_pickle import NUMPY_MODULES, NumpyUnpickler, PickleRefused
 from rcdm_cli.encoders.spec import WeightSource
 from rcdm_cli.errors import RcdmError, UsageError
@@ -77,7 +77,7 @@ def encoder_cache_dir() -> Path:
 
 def fetch_weights(source: WeightSource, progress: Progress | None = None) -> Path:
     """The local path of a published weight file, downloading it on first use. A
-    cached copy is checked by :func:`rcdm_cli.checkpoint.download.download`: against
+    cached copy is checked by :func:`rcdm_cli.download_cache.download`: against
     what was downloaded, and once against the published digest when there is one."""
     if not source.url:
         raise UsageError(f"weights {source.name!r} have no download address; pass a local file with --weights")

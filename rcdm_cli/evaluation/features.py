@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from rcdm_cli.checkpoint.download import rcdm_home
+from rcdm_cli.download_cache import rcdm_home
 from rcdm_cli.encoders import Encoder
 from rcdm_cli.inputs import load_image
 from rcdm_cli.tensorfile import save_tensors

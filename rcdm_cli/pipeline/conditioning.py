@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from rcdm_cli.checkpoint.download import Progress
 from rcdm_cli.checkpoint.hashing import file_sha256
 from rcdm_cli.checkpoint.metadata import CheckpointMeta
 from rcdm_cli.checkpoint.released import find_released
+from rcdm_cli.download_cache import Progress
 from rcdm_cli.encoders import Encoder, EncoderName, Preprocessing, get_registry
 from rcdm_cli.encoders.registry import resolve_preprocessing
 from rcdm_cli.errors import UsageError

@@ -16,11 +16,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from rcdm_cli.checkpoint.download import Progress
 from rcdm_cli.checkpoint.metadata import CheckpointMeta
 from rcdm_cli.checkpoint.resolve import ResolvedCheckpoint
 from rcdm_cli.diffusion.gaussian import GaussianDiffusion
 from rcdm_cli.diffusion.unet import UNet
+from rcdm_cli.download_cache import Progress
 from rcdm_cli.errors import UsageError
 
 log = logging.getLogger("rcdm.model")

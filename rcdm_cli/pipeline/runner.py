@@ -13,13 +13,13 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
-from rcdm_cli.checkpoint.download import Progress
 from rcdm_cli.checkpoint.hashing import file_sha256
 from rcdm_cli.checkpoint.resolve import ResolvedCheckpoint, resolve_checkpoint
+from rcdm_cli.download_cache import Progress
 from rcdm_cli.encoders import Encoder, get_registry
 from rcdm_cli.errors import RcdmError
-from rcdm_cli.pipeline.diagnostics import conditioning_effect
 from rcdm_cli.pipeline.conditioning import ConditioningPlan, default_checkpoint, plan_conditioning
+from rcdm_cli.pipeline.diagnostics import conditioning_effect
 from rcdm_cli.pipeline.model import RCDMModel
 from rcdm_cli.pipeline.sampling import (
     SampleBatchProgress, SampleResult, SamplingOptions, check_request, resolve_sampling, sample_representations,
@@ -147,9 +147,9 @@ def _check_offline_files(spec: str, plan: ConditioningPlan | None) -> None:
     needs that is not in the cache (the released checkpoint and the encoder's
     weights) in one error, rather than the first one now and the next after it has
     been fetched by hand."""
-    from rcdm_cli.checkpoint.download import offline
     from rcdm_cli.checkpoint.released import get_released
     from rcdm_cli.checkpoint.resolve import released_path
+    from rcdm_cli.download_cache import offline
     from rcdm_cli.encoders.weights import encoder_cache_dir
 
     if not offline():

@@ -26,7 +26,7 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from rcdm_cli.checkpoint.download import rcdm_home
+from rcdm_cli.download_cache import rcdm_home
 from rcdm_cli.encoders import Encoder
 from rcdm_cli.tensorfile import save_tensors
 from rcdm_cli.training import distributed as dist_util
