@@ -47,10 +47,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def server():
     _Handler.files = {"/file.bin": PAYLOAD}
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    # a short poll, so that shutdown() returns at once rather than after up to 0.5 s
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
+    httpd.server_close()
 
 
 def test_download_streams_into_place_with_progress(server, tmp_path):
