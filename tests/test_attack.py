@@ -282,6 +282,7 @@ def test_representation_objective_moves_the_representation():
     assert (moved > random_move).all()
 
 
+@pytest.mark.slow
 def test_representation_objective_needs_no_classifier_and_does_not_depend_on_the_batch(capsys, setup):
     images, ckpts, tmp = setup
     outs = []

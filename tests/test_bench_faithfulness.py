@@ -46,6 +46,7 @@ def test_config_syntax():
     assert _bench().parse_args(["demo", "--compare"]).compare == [f"{FAST[0]}:{FAST[1]}", f"{FAST[0]}:{FAST[1]}/bf16"]
 
 
+@pytest.mark.slow
 def test_curves_measure_every_configuration_against_the_reference(demo, tmp_path, capsys):
     bench = _bench()
     report_path = tmp_path / "curves.json"
@@ -73,6 +74,7 @@ def test_curves_measure_every_configuration_against_the_reference(demo, tmp_path
     assert capsys.readouterr().out == table
 
 
+@pytest.mark.slow
 def test_compare_times_the_original_against_the_fast_configuration(demo, capsys):
     bench = _bench()
     bench.main([str(demo), "--models", "backbone", "--images", "4", "--samples", "2", "--batch-size", "8",

@@ -43,6 +43,7 @@ def test_sample_writes_pngs_grids_and_manifest(capsys, tiny_checkpoint, tmp_path
     assert np.array_equal(png, expected)
 
 
+@pytest.mark.slow
 def test_same_seed_same_images_other_seed_other_images(capsys, tiny_checkpoint, tmp_path):
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
         code, _, err = rcdm(capsys, *_sample_args(tiny_checkpoint, tmp_path / name, "--seed", seed, "--sampler", "ddpm"))

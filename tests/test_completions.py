@@ -88,6 +88,7 @@ def test_encoder_completion_is_cached_until_a_plugin_changes(monkeypatch, capsys
     assert loaded
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_the_checked_in_bash_script_completes_in_bash(tmp_path):
     """The script as a user sources it, driven the way bash drives it at TAB."""

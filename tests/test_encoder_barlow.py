@@ -169,6 +169,7 @@ def test_the_stand_ins_are_scoped_to_the_load(vissl_file):
         torch.load(vissl_file, weights_only=True, mmap=True)
 
 
+@pytest.mark.slow
 def test_repo_file_gives_the_same_network(repo_file, encoder):
     """Same tensors under the repository's names: the same module, with the loss's
     own batch norm (module.bn) left out."""
@@ -221,6 +222,7 @@ def test_older_repo_checkpoints_pickling_the_filter_load(tmp_path, script):
     assert set(barlow.repo_state(path)) == {"trunk.conv1.weight"}
 
 
+@pytest.mark.slow
 def test_each_source_wants_its_own_layout(vissl_file, repo_file):
     with pytest.raises(RcdmError, match="classy_state_dict"):
         create_encoder("barlow", weights_path=repo_file)
@@ -231,9 +233,9 @@ def test_each_source_wants_its_own_layout(vissl_file, repo_file):
 @pytest.mark.parametrize(
     "damage, part, key, named",
     [
-        (_renamed, "trunk", "_feature_blocks.layer3.4.bn2.weight", "trunk.layer3.4.bn2.weight"),
+        pytest.param(_renamed, "trunk", "_feature_blocks.layer3.4.bn2.weight", "trunk.layer3.4.bn2.weight", marks=pytest.mark.slow),
         (_missing, "heads", "2.clf.0.weight", "heads.head.6.weight"),
-        (_reshaped, "heads", "1.clf.1.running_var", "heads.head.4.running_var"),
+        pytest.param(_reshaped, "heads", "1.clf.1.running_var", "heads.head.4.running_var", marks=pytest.mark.slow),
     ],
     ids=["renamed", "missing", "wrong-shape"],
 )

@@ -298,6 +298,7 @@ def test_an_unprefixed_or_trimmed_teacher_loads_the_same(rn50, tmp_path):
             assert torch.equal(create_encoder("dino", weights_path=tmp_path / name)(x, "head"), expected)
 
 
+@pytest.mark.slow
 def test_files_not_in_the_published_layout_are_refused_by_name(rn50, tmp_path):
     _, teacher = rn50
     # a backbone-only release (a plain torchvision state dict) or any file without a teacher

@@ -108,6 +108,7 @@ def encoder(weights_file):
     return create_encoder("vicreg", weights_path=weights_file)
 
 
+@pytest.mark.slow
 def test_published_layout_loads_strictly(encoder, model):
     assert encoder.weights_id == "fullckpt"
     net = encoder.network.state_dict()
@@ -115,10 +116,12 @@ def test_published_layout_loads_strictly(encoder, model):
     assert torch.equal(net["heads.head.6.weight"], model["module.projector.6.weight"])
 
 
+@pytest.mark.slow
 def test_the_synthetic_file_pickles_the_filter_like_the_published_one(weights_file):
     assert torch.serialization.get_unsafe_globals_in_checkpoint(weights_file) == ["__main__.exclude_bias_and_norm"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "damage, key, named",
     [
@@ -145,6 +148,7 @@ def test_a_file_without_the_expander_or_the_model_is_refused(tmp_path):
         create_encoder("vicreg", weights_path=tmp_path / "no_model.pth")
 
 
+@pytest.mark.slow
 def test_gradients_reach_the_input(encoder):
     x = torch.rand(2, 3, 224, 224, requires_grad=True)
     encoder(x, "head").sum().backward()
@@ -169,6 +173,7 @@ def _expander_by_hand(model, feats):
     return F.linear(h, p("6.weight"))
 
 
+@pytest.mark.slow
 def test_numbers_match_an_independent_computation(model, encoder):
     x = torch.rand(2, 3, 128, 128)  # any size the trunk takes; smaller is quicker
     ref = _torchvision_trunk(model)

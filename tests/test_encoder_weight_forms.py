@@ -195,7 +195,11 @@ def _outputs(encoder, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {layer: encoder(x, layer) for layer in encoder.layers}
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# the files of these take seconds to write and read
+SLOW_CASES = {"barlow", "barlow@repo", "byol", "dino-vits16", "vicreg"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c for c in CASES])
 def test_plain_and_safetensors_forms_give_the_published_representation(case, tmp_path):
     name, build, size = CASES[case]
     published, forms = build(tmp_path)

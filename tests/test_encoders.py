@@ -170,6 +170,7 @@ def test_an_installed_plugin_whose_hook_raises_does_not_stop_the_cli(tmp_path, m
         sys.modules.pop("rcdm_raising_plugin", None)
 
 
+@pytest.mark.slow
 def test_supervised_loads_the_torchvision_layout_strictly(tmp_path):
     path = tmp_path / "resnet50-0676ba61.pth"
     state = resnet50_state(with_fc=True)

@@ -326,6 +326,7 @@ def test_probe_file_names_keep_the_weights_apart():
 # --- rank command and the table ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rank_command_records_results_and_renders_the_table(capsys, toy_encoder, tmp_path, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")  # the table on one line per row
     ckpt = _toy_checkpoint(tmp_path / "m.safetensors")

@@ -252,6 +252,7 @@ def _train(tmp_path, images, name, *extra):
     return load_checkpoint(RunDir(out).step_dir(2) / "model.safetensors", weights="model")[1], out
 
 
+@pytest.mark.slow
 def test_training_with_a_failing_compile_and_channels_last_matches_plain_training(monkeypatch, capsys, tmp_path, images):
     plain, _ = _train(tmp_path, images, "plain")
     monkeypatch.setattr(torch, "compile", _failing_at_call)

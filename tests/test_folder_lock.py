@@ -35,6 +35,7 @@ def _last_line(capsys) -> str:
     return capsys.readouterr().err.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_a_second_sample_run_into_a_held_folder_refuses_and_a_killed_holder_frees_it(capsys, tmp_path, holder):
     out = tmp_path / "samples"
     proc = holder(out)

@@ -81,6 +81,7 @@ def test_sample_from_images_uses_the_metadata_encoder_and_preprocessing(capsys, 
     assert torch.allclose(reps, expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_folder_glob_and_stdin_inputs(capsys, images, random_ckpt, tmp_path, monkeypatch):
     folder = images[0].parent
     code, out, err = rcdm(capsys, "sample", folder, "-c", random_ckpt, "-n", 1, *FAST, "-o", tmp_path / "a", "--json")
@@ -394,6 +395,7 @@ def test_bad_output_places_and_noise_fail_before_any_work(capsys, images, random
     assert code == 2 and "--seed must be a non-negative integer" in err
 
 
+@pytest.mark.slow
 def test_interpolate_and_arith_keep_existing_outputs(capsys, images, random_ckpt, tmp_path):
     for args in (
         ["interpolate", images[0], images[1], "--frames", 2],
@@ -456,6 +458,7 @@ def test_a_weights_variant_the_model_was_not_trained_with_is_refused(random_ckpt
         plan_conditioning(read_meta(random_ckpt), encoder="random@other")
 
 
+@pytest.mark.slow
 def test_encode_with_a_checkpoint_gives_what_sample_rep_needs(capsys, images, random_ckpt, tmp_path):
     """`rcdm encode -c` computes the model's own representation (its encoder, layer
     and preprocessing), and `sample --rep` takes it and gives what sampling from the
@@ -547,6 +550,7 @@ def test_sigterm_stops_sampling_as_ctrl_c_does(capsys, images, random_ckpt, tmp_
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back after the command
 
 
+@pytest.mark.slow
 def test_sampling_in_parts_draws_and_writes_what_one_part_would(capsys, images, random_ckpt, tmp_path, monkeypatch):
     """A long list of inputs is read, encoded, sampled and written a few inputs at a
     time (so a million-image batch job holds one part in memory), with the very

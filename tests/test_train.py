@@ -93,6 +93,7 @@ def _weights(step_dir: Path, name: str = "model") -> dict[str, torch.Tensor]:
     return load_checkpoint(step_dir / "model.safetensors", weights=name)[1]
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_and_the_run_is_usable(capsys, shapes, tmp_path):
     out = tmp_path / "run"
     code, stdout, err = rcdm(
@@ -132,6 +133,7 @@ def _config(data, out, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_from_any_working_directory(capsys, shapes, tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     Trainer(_config(shapes, straight), CPU).run()
@@ -187,6 +189,7 @@ def test_resume_continues_exactly_from_any_working_directory(capsys, shapes, tmp
     assert [m["loss"] for m in _metrics(split)] == pytest.approx([m["loss"] for m in _metrics(straight)])
 
 
+@pytest.mark.slow
 def test_microbatches_accumulate_to_the_same_step(shapes, tmp_path):
     """One step (Adam amplifies float rounding in near-zero gradients later on)."""
     Trainer(_config(shapes, tmp_path / "whole", steps=1, save_every=1), CPU).run()
@@ -215,6 +218,7 @@ def test_official_flags_describe_the_model_instead_of_a_preset(capsys, shapes, t
     assert not (tmp_path / "y").exists()
 
 
+@pytest.mark.slow
 def test_loss_aware_sampler_and_augmentation_run_with_a_frozen_encoder(shapes, tmp_path, monkeypatch):
     from rcdm_cli.encoders.encoder import Encoder
 
@@ -257,6 +261,7 @@ def test_the_views_are_the_ones_sampling_computes():
         assert torch.equal(flipped_target, target.flip(-1)) and torch.equal(flipped_enc, enc.flip(-1))
 
 
+@pytest.mark.slow
 def test_feature_cache_is_found_again_matches_live_features_and_is_invalidated(shapes, tmp_path, monkeypatch):
     from rcdm_cli.encoders import create_encoder
     from rcdm_cli.inputs import load_image
@@ -295,6 +300,7 @@ def test_feature_cache_is_found_again_matches_live_features_and_is_invalidated(s
         os.utime(paths[0], ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+@pytest.mark.slow
 def test_bad_data(capsys, shapes, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -345,6 +351,7 @@ def test_bad_data(capsys, shapes, tmp_path):
     assert state["samples_seen"] == 18
 
 
+@pytest.mark.slow
 def test_out_must_be_new_empty_or_a_run(capsys, shapes, tmp_path):
     args = [*COMMON, "--steps", 1, "--batch-size", 2, "--save-every", 1, "--log-every", 1, "--sample-every", 100]
     run_dir = tmp_path / "r"
@@ -418,6 +425,7 @@ def test_non_finite_weights_are_never_saved(shapes, tmp_path, monkeypatch):
     assert [s for s, _ in RunDir(tmp_path / "inf").complete_checkpoints()] == [3]
 
 
+@pytest.mark.slow
 def test_a_failed_save_keeps_the_previous_checkpoint(shapes, tmp_path, monkeypatch):
     import rcdm_cli.checkpoint.rundir as rundir
 
@@ -439,6 +447,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(shapes, tmp_path, monkeypat
     assert _weights(run_dir.latest()[1])  # readable
 
 
+@pytest.mark.slow
 def test_terminal_plain_and_quiet_output(capsys, shapes, tmp_path, monkeypatch):
     import rcdm_cli.cli.console as console
     from rich.console import Console
@@ -661,6 +670,7 @@ def test_usage_errors(capsys, shapes, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_resume_falls_back_past_a_damaged_newest_checkpoint(capsys, shapes, tmp_path):
     """A newest checkpoint cut short (a full disk, an interrupted copy) is named and
     skipped, as a deleted one would be; the run continues exactly from the one before."""
