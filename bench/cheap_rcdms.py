@@ -1,8 +1,9 @@
 """Cheaper RCDMs, measured on the demo's scenes: warm starts, short runs, guidance.
 
     python bench/cheap_rcdms.py warm-start  --out bench-cheap   # about 15 min on 2 cores
-    python bench/cheap_rcdms.py short-runs  --out bench-cheap   # about 5 min
-    python bench/cheap_rcdms.py guidance    --out bench-cheap   # about 5 min
+    python bench/cheap_rcdms.py short-runs  --out bench-cheap   # about 4 min
+    python bench/cheap_rcdms.py guidance    --out bench-cheap   # about 4 min
+    python bench/cheap_rcdms.py phase-speed --presets cpu,rcdm-64,rcdm-128   # seconds per step
 
 Every model is the ``cpu`` preset trained on the same procedural scenes (``rcdm demo``'s
 generator); every number is measured on held-out scenes with the same samples' noise:
@@ -18,6 +19,9 @@ levels) and, for guidance, each scene factor's MRR and spread (`evaluate attribu
 - ``short-runs``: a short run with the default EMA rate (0.9999), with and without
   warm-up, sampled with the EMA and with the raw weights.
 - ``guidance``: a model trained with ``--cond-drop`` sampled at several W.
+- ``phase-speed``: seconds per training step (forward, backward, AdamW) of each
+  preset with every layer learning, and in the conditioning-only phase (projection;
+  embeddings), random weights, steps taken in turns so that load affects all alike.
 
 ``--json FILE`` keeps everything; tables go to stdout.
 """
@@ -115,9 +119,11 @@ def measure(checkpoint: Path, pictures, samples: int, *, weight_set=None, guidan
     return result
 
 
-def curve(run: Path, pictures, samples: int) -> list[dict]:
+def curve(run: Path, pictures, samples: int, every: int, last: int) -> list[dict]:
     rows = []
     for step, path in checkpoints(run):
+        if step % every or step > last:
+            continue
         rows.append({"step": step, **measure(path, pictures, samples)})
         log(f"  {run.name} step {step}: MRR {rows[-1]['mrr']:.3f}")
     return rows
@@ -132,25 +138,29 @@ def steps_to(rows: list[dict], target: float) -> int | None:
 
 def warm_start(args) -> dict:
     data, pictures = scenes(args.out, args.train_images, args.heldout, args.seed)
-    every = args.steps // 10
-    parent = train(data, args.out / "parent", SOURCE, args.steps, args.steps)
+    every = args.every
+    parent = train(data, args.out / "parent", SOURCE, args.parent_steps, args.parent_steps)
     parent_mrr = measure(Path(parent["run"]), pictures, args.samples)["mrr"]
     log(f"parent {SOURCE[0]}/{SOURCE[1]}: MRR {parent_mrr:.3f}")
     variants = {
         "scratch": {},
         "init": {"init": parent["run"]},
         f"init + {args.phase} conditioning-only": {"init": parent["run"], "conditioning_only": args.phase},
-        f"init + {args.phase} conditioning-only (embeddings)": {
-            "init": parent["run"], "conditioning_only": args.phase, "conditioning_layers": "embeddings",
-        },
     }
-    report = {"parent": {**parent, "encoder": "/".join(SOURCE), "mrr": parent_mrr}, "targets": {}}
+    if args.embeddings:
+        variants[f"init + {args.phase} conditioning-only (embeddings)"] = {
+            "init": parent["run"], "conditioning_only": args.phase, "conditioning_layers": "embeddings",
+        }
+    report = {
+        "parent": {**parent, "encoder": "/".join(SOURCE), "mrr": parent_mrr, "steps": args.parent_steps}, "targets": {},
+    }
     for name, encoder in TARGETS.items():
         target = {"encoder": "/".join(encoder), "variants": {}}
         for label, extra in variants.items():
-            folder = args.out / f"{name}-{label.replace(' ', '_').replace('(', '').replace(')', '').replace('+', 'plus')}"
+            slug = label.replace(' ', '_').replace('(', '').replace(')', '').replace('+', 'plus')
+            folder = args.out / f"{name}-{slug}-{args.steps}"
             trained = train(data, folder, encoder, args.steps, every, **extra)
-            target["variants"][label] = {**trained, "curve": curve(folder, pictures, args.samples)}
+            target["variants"][label] = {**trained, "curve": curve(folder, pictures, args.samples, every, args.steps)}
         final = target["variants"]["scratch"]["curve"][-1]["mrr"]
         target["scratch_final_mrr"] = final
         for label, variant in target["variants"].items():
@@ -182,7 +192,7 @@ def short_runs(args) -> dict:
     report = {}
     for warmup in (False, True):
         label = "warm-up" if warmup else "no warm-up"
-        folder = args.out / f"short-{'warmup' if warmup else 'plain'}"
+        folder = args.out / f"short-{'warmup' if warmup else 'plain'}-{args.short_steps[-1]}"
         trained = train(data, folder, TARGETS["head"], args.short_steps[-1], 20, ema=[0.9999], ema_warmup=warmup)
         rows = []
         for step, path in checkpoints(Path(trained["run"])):
@@ -206,8 +216,12 @@ def short_run_lines(report: dict) -> list[str]:
 def guidance(args) -> dict:
     data, pictures = scenes(args.out, args.train_images, args.heldout, args.seed)
     encoder = TARGETS[args.guidance_target]
-    plain = train(data, args.out / f"guidance-plain-{args.guidance_target}", encoder, args.steps, args.steps)
-    dropped = train(data, args.out / f"guidance-drop-{args.guidance_target}", encoder, args.steps, args.steps, cond_drop=args.cond_drop)
+    # the same run as warm-start's scratch model of this target (reused when it is there)
+    plain = train(data, args.out / f"{args.guidance_target}-scratch-{args.steps}", encoder, args.steps, args.every)
+    dropped = train(
+        data, args.out / f"guidance-drop-{args.guidance_target}-{args.steps}", encoder, args.steps, args.steps,
+        cond_drop=args.cond_drop,
+    )
     rows = [{"model": "no --cond-drop", "w": 1.0, **measure(Path(plain["run"]), pictures, args.samples, factors=True)}]
     for w in args.weights:
         rows.append({"model": f"--cond-drop {args.cond_drop:g}", "w": w,
@@ -223,25 +237,86 @@ def guidance_lines(report: dict) -> list[str]:
     for row in report["rows"]:
         lines.append(
             f"{row['model']:<18}{row['w']:>5g}{row['mrr']:>7.3f}{row['diversity']:>7.1f}"
-            + "".join(f"{row['factors'][f]['spread']:>11.2f}" for f in factors)
+            + "".join(_number(row["factors"][f]["spread"], 11) for f in factors)
         )
+    return lines
+
+
+def _number(value, width: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.2f}"
+
+
+def phase_speed(args) -> dict:
+    from rcdm_cli.diffusion import PRESETS, GaussianDiffusion, UNet
+    from rcdm_cli.training.warmstart import conditioning_path, set_trainable
+
+    report = {}
+    for preset_name in args.presets:
+        preset = PRESETS[preset_name]
+        torch.manual_seed(0)
+        unet = UNet(preset.unet.with_rep_dim(2048))
+        diffusion = GaussianDiffusion.from_config(preset.diffusion)
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, fused=True)
+        size, batch = preset.unet.image_size, args.phase_batch.get(preset_name, 2)
+        x = torch.randn(batch, 3, size, size)
+        reps = torch.randn(batch, 2048)
+        t = torch.randint(0, diffusion.num_timesteps, (batch,))
+        phases = {"every layer": None, "projection": conditioning_path(unet, "projection"),
+                  "embeddings": conditioning_path(unet, "embeddings")}
+        times = {name: [] for name in phases}
+        for round_ in range(args.phase_rounds + 1):
+            for name, names in phases.items():
+                set_trainable(unet, names)
+                started = time.perf_counter()
+                loss = diffusion.training_losses(lambda a, b: unet(a, b, reps), x, t)["loss"].mean()
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if round_:  # the first round warms up
+                    times[name].append(time.perf_counter() - started)
+        trainable = {name: sum(p.numel() for n, p in unet.named_parameters() if names is None or n in names)
+                     for name, names in phases.items()}
+        report[preset_name] = {
+            "batch": batch, **{name: {"seconds": float(np.median(v)), "parameters": trainable[name]} for name, v in times.items()},
+        }
+        log(f"{preset_name}: " + ", ".join(f"{n} {float(np.median(v)):.3f} s" for n, v in times.items()))
+    return report
+
+
+def phase_speed_lines(report: dict) -> list[str]:
+    lines = [f"{'preset':<10}{'batch':>6}{'every layer':>13}{'projection':>13}{'embeddings':>13}   learning parameters"]
+    for name, row in report.items():
+        full = row["every layer"]["seconds"]
+        cells = "".join(
+            f"{row[p]['seconds']:>8.3f} s" + (f" {row[p]['seconds'] / full:>3.0%}" if p != "every layer" else "    ")
+            for p in ("every layer", "projection", "embeddings")
+        )
+        counts = " / ".join(f"{row[p]['parameters'] / 1e6:.2f} M" for p in ("every layer", "projection", "embeddings"))
+        lines.append(f"{name:<10}{row['batch']:>6}{cells}   {counts}")
     return lines
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("experiment", choices=("warm-start", "short-runs", "guidance"))
+    parser.add_argument("experiment", choices=("warm-start", "short-runs", "guidance", "phase-speed"))
     parser.add_argument("--out", type=Path, default=Path("bench-cheap"), help="Folder for the scenes and the runs.")
     parser.add_argument("--train-images", type=int, default=1000)
     parser.add_argument("--heldout", type=int, default=32)
     parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--phase", type=int, default=100, help="Conditioning-only steps in the warm start.")
+    parser.add_argument("--steps", type=int, default=400, help="Training steps of each measured run.")
+    parser.add_argument("--every", type=int, default=50, help="Checkpoints measured every this many steps.")
+    parser.add_argument("--parent-steps", type=int, default=1000, help="Training steps of the warm start's parent.")
+    parser.add_argument("--phase", type=int, default=50, help="Conditioning-only steps in the warm start.")
+    parser.add_argument("--embeddings", action="store_true", help="Also a conditioning-only phase that trains every embedding layer.")
     parser.add_argument("--tolerance", type=float, default=0.02)
-    parser.add_argument("--short-steps", type=int, nargs="+", default=[60, 200, 1000])
+    parser.add_argument("--short-steps", type=int, nargs="+", default=[60, 200, 400])
     parser.add_argument("--guidance-target", choices=tuple(TARGETS), default="head")
     parser.add_argument("--cond-drop", type=float, default=0.1)
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 1.5, 2.0, 3.0, 5.0])
+    parser.add_argument("--presets", type=lambda v: v.split(","), default=["cpu", "rcdm-64", "rcdm-128"])
+    parser.add_argument("--phase-batch", type=lambda v: dict((k, int(n)) for k, n in (p.split("=") for p in v.split(","))),
+                        default={"cpu": 16, "rcdm-64": 2, "rcdm-128": 1}, help="preset=batch,...")
+    parser.add_argument("--phase-rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
     return parser.parse_args(argv)
@@ -254,6 +329,7 @@ def main(argv=None) -> None:
         "warm-start": (warm_start, lambda r: warm_start_lines(r, args)),
         "short-runs": (short_runs, short_run_lines),
         "guidance": (guidance, guidance_lines),
+        "phase-speed": (phase_speed, phase_speed_lines),
     }
     run, lines = experiments[args.experiment]
     started = time.perf_counter()
