@@ -357,10 +357,12 @@ class Trainer:
         self.reporter.event(f"starting from {parent.spec} ({parent.checkpoint.meta.describe()})")
         reinitialised = load_parent(self.model, parent)
         if reinitialised:
-            self.reporter.event(
-                f"the parent was conditioned on {parent.checkpoint.meta.rep_dim}-d representations and this run on "
-                f"{self.unet_config.rep_dim}-d: {', '.join(reinitialised)} start(s) afresh"
+            theirs, ours = parent.checkpoint.meta.rep_dim, self.unet_config.rep_dim
+            why = (
+                f"the parent was conditioned on {theirs}-d representations and this run on {ours}-d"
+                if theirs != ours else "the parent has no null representation"
             )
+            self.reporter.event(f"{why}: {', '.join(reinitialised)} start(s) afresh")
         self.parent_record = parent.record()
 
     def _set_phase(self) -> bool:
