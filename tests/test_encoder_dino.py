@@ -371,6 +371,7 @@ def _check_vit(enc, teacher: dict, heads: int, dim: int, batch: int) -> None:
     assert not torch.allclose(head_out.norm(dim=1), torch.ones(batch), atol=1e-2)
 
 
+@pytest.mark.slow
 def test_dino_vits16_matches_dino_vit_written_out(vits16):
     path, teacher = vits16
     enc = create_encoder("dino-vits16", weights_path=path)

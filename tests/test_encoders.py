@@ -244,6 +244,7 @@ def test_random_encoder_takes_no_weights_file(tmp_path):
         create_encoder("random", weights_path=tmp_path / "w.pth")
 
 
+@pytest.mark.slow
 def test_supervised_accepts_plain_prefixed_and_own_state_dicts(tmp_path):
     from safetensors.torch import save_file
 

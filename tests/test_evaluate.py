@@ -254,6 +254,7 @@ def _colour_folder(root: Path, n: int, size: int = 40) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_probe_command(capsys, tmp_path):
     train = _colour_folder(tmp_path / "train", 6)
     val = _colour_folder(tmp_path / "val", 3)

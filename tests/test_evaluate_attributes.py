@@ -270,6 +270,7 @@ def test_command_json_schema_results_table_and_chart(capsys, toy_attributes, tmp
     assert code == 0 and len(json.loads(out)["rows"]) == 2
 
 
+@pytest.mark.slow
 def test_real_photographs_get_every_default_attribute_with_chance_values(capsys, tmp_path):
     """The five public-domain photographs of tests/data/photos, an RCDM on the
     thumbnail encoder: every built-in image attribute is measured, with its chance."""

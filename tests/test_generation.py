@@ -246,6 +246,7 @@ def test_malformed_expressions_point_at_the_column(text, column, message):
     assert f"at column {column}:" in str(info.value) and message in str(info.value)
 
 
+@pytest.mark.slow
 def test_arith_command(capsys, images, random_ckpt, tmp_path):
     text = f"{images[0]} - {images[1]} + 0.5*{images[2]}"
     code, out, err = rcdm(capsys, "arith", text, "-c", random_ckpt, "-n", 2, *FAST, "-o", tmp_path / "a", "--json", "--rescale")
@@ -276,6 +277,7 @@ def test_shared_dimensions_and_transfer_by_hand():
         shared_dimensions(query, bank, k=3, min_count=3)
 
 
+@pytest.mark.slow
 def test_attribute_transfer_command(capsys, images, random_ckpt, tmp_path):
     code, out, err = rcdm(
         capsys, "arith", "--attribute-from", images[0], "--neighbors", images[0].parent, "--target", images[1],

@@ -406,6 +406,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shapes, tmp_pa
     assert [s for s, _ in RunDir(tmp_path / "nan").complete_checkpoints()] == [3]
 
 
+@pytest.mark.slow
 def test_non_finite_weights_are_never_saved(shapes, tmp_path, monkeypatch):
     from rcdm_cli.training.ema import EMA
 
@@ -707,6 +708,7 @@ def test_checkpoint_folders_respect_the_umask(shapes, tmp_path):
     assert (step_dir / "model.safetensors").stat().st_mode & 0o777 == 0o644
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_torch_save_is_named_and_the_previous_checkpoint_kept(capsys, shapes, tmp_path, monkeypatch):
     """torch.save reports a full disk as a RuntimeError about stream positions; the
     run says what happened instead of an internal error."""
