@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from helpers import rcdm
 from rcdm_cli.checkpoint.hashing import file_sha256
 from rcdm_cli.checkpoint.metadata import CheckpointMeta
 from rcdm_cli.checkpoint.rundir import RunDir
 from rcdm_cli.checkpoint.store import load_checkpoint, read_meta, save_checkpoint
-from rcdm_cli.cli.app import run
 from rcdm_cli.diffusion import PRESETS, UNet
 from rcdm_cli.errors import UsageError
 from rcdm_cli.pipeline.diagnostics import IGNORED_BELOW_LEVELS, conditioning_effect
@@ -43,12 +43,6 @@ def pictures(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("RCDM_HOME", str(tmp_path_factory.getbasetemp() / "cheap-home"))
-
-
-def rcdm(capsys, *args):
-    code = run([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _config(data, out, **kw) -> TrainConfig:
