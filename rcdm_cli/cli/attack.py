@@ -10,14 +10,13 @@ import typer
 from rcdm_cli import __version__
 from rcdm_cli.cli.console import log, print_json, settings, status
 from rcdm_cli.cli.downloads import download_progress
-from rcdm_cli.cli.sample import (
+from rcdm_cli.cli.options import (
     BATCH,
     CHECKPOINT,
     COMPILE,
     ENCODER,
-    GUIDANCE,
-    WEIGHT_SET,
     ETA,
+    GUIDANCE,
     LAYER,
     OVERWRITE,
     PRECISION,
@@ -25,6 +24,7 @@ from rcdm_cli.cli.sample import (
     SAMPLER,
     SEED,
     STEPS,
+    WEIGHT_SET,
     WEIGHTS,
 )
 from rcdm_cli.errors import UsageError

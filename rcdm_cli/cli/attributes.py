@@ -11,8 +11,20 @@ import typer
 from rcdm_cli.cli.completion import complete_attribute, complete_augmentation
 from rcdm_cli.cli.console import log, print_json, settings
 from rcdm_cli.cli.downloads import download_progress
-from rcdm_cli.cli.sample import (
-    BATCH, COMPILE, ENCODER, ETA, GUIDANCE, LAYER, PRECISION, PREPROCESSING, SAMPLER, SEED, STEPS, WEIGHT_SET, WEIGHTS,
+from rcdm_cli.cli.options import (
+    BATCH,
+    COMPILE,
+    ENCODER,
+    ETA,
+    GUIDANCE,
+    LAYER,
+    PRECISION,
+    PREPROCESSING,
+    SAMPLER,
+    SEED,
+    STEPS,
+    WEIGHT_SET,
+    WEIGHTS,
 )
 from rcdm_cli.errors import UsageError
 

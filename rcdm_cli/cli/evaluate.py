@@ -16,20 +16,20 @@ import typer
 from rcdm_cli.cli.completion import complete_augmentation, complete_encoder, complete_layer
 from rcdm_cli.cli.console import log, print_json, settings, status
 from rcdm_cli.cli.downloads import download_progress
-from rcdm_cli.cli.sample import (
+from rcdm_cli.cli.options import (
     BATCH,
     CHECKPOINT,
     COMPILE,
     ENCODER,
-    GUIDANCE,
-    WEIGHT_SET,
     ETA,
+    GUIDANCE,
     LAYER,
     PRECISION,
     PREPROCESSING,
     SAMPLER,
     SEED,
     STEPS,
+    WEIGHT_SET,
     WEIGHTS,
 )
 from rcdm_cli.errors import UsageError

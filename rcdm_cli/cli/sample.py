@@ -9,9 +9,26 @@ from typing import List, Optional
 import typer
 
 from rcdm_cli import __version__
-from rcdm_cli.cli.completion import complete_checkpoint, complete_encoder, complete_layer
 from rcdm_cli.cli.console import StepProgress, log, print_json, settings, status
 from rcdm_cli.cli.downloads import download_progress
+from rcdm_cli.cli.options import (
+    BATCH,
+    CHECKPOINT,
+    COMPILE,
+    ENCODER,
+    ETA,
+    GUIDANCE,
+    JSON,
+    LAYER,
+    OVERWRITE,
+    PRECISION,
+    PREPROCESSING,
+    SAMPLER,
+    SEED,
+    STEPS,
+    WEIGHT_SET,
+    WEIGHTS,
+)
 from rcdm_cli.errors import UsageError
 from rcdm_cli.folderlock import claim
 
@@ -31,59 +48,10 @@ def parse_random_rep(spec: str) -> int | None:
     return None
 
 
-# Options shared by the commands that sample (sample, interpolate, arith, attack).
 # At most this many samples are held in memory at once: `rcdm sample` draws and writes
 # its inputs a part at a time, so a batch job over a million images runs in the
 # memory of one part (about 200 MB at 128x128).
 STREAM_SAMPLES = 1024
-CHECKPOINT = typer.Option(
-    None, "--checkpoint", "-c",
-    help="released:NAME, init:PRESET, an rcdm checkpoint file or a training run folder "
-    "(default: the released model of --encoder/--layer).",
-    autocompletion=complete_checkpoint,
-)
-ENCODER = typer.Option(
-    None, "--encoder", "-e", help="Encoder (default: the one the checkpoint was trained on).", autocompletion=complete_encoder
-)
-LAYER = typer.Option(None, "--layer", "-l", help="Encoder layer (default: the checkpoint's).", autocompletion=complete_layer)
-WEIGHTS = typer.Option(None, "--weights", help="A local file of the encoder's weights instead of the download.")
-PREPROCESSING = typer.Option(
-    None, "--preprocessing", help="native or rcdm, for models whose metadata does not fix it."
-)
-SAMPLER = typer.Option(
-    "auto", "--sampler",
-    help="ddpm (ancestral, as the original), ddim, dpm++2m or dpm++3m (ODE solvers). auto: dpm++2m with 8 steps "
-    "(quad8) for models trained with rcdm (measured as faithful as the original's 100 steps), ddpm with 100 steps for the "
-    "released models.",
-)
-STEPS = typer.Option(
-    "auto", "--steps",
-    help="Sampling steps: 100, ddim25 or 10,15,20 (the official respacing syntax), quad15 or logsnr10 (dense near "
-    "t = 0). auto: the sampler's measured default.",
-)
-ETA = typer.Option(None, "--eta", help="DDIM noise (0 = deterministic; DDIM only).")
-SEED = typer.Option(0, "--seed", help="Seed of every random stream of the run.")
-BATCH = typer.Option(16, "--batch-size", "-b", help="Images per network call.")
-OVERWRITE = typer.Option(False, "--overwrite", help="Replace existing output files.")
-JSON = typer.Option(False, "--json", help="Print the manifest as JSON on stdout.")
-PRECISION = typer.Option(
-    "fp32", "--precision",
-    help="Network precision: fp32 (as released), bf16 or fp16 (autocast; fp16 on GPUs only). "
-    "On CUDA, bf16/fp16 also use channels-last memory and CUDA graphs. The sampler itself stays in fp32.",
-)
-COMPILE = typer.Option(
-    False, "--compile", help="torch.compile the network (slow first call; falls back to eager with a warning if it fails).",
-)
-GUIDANCE = typer.Option(
-    1.0, "--guidance",
-    help="Representation guidance W: 1 samples the model as trained; W > 1 pushes the samples towards the "
-    "representation (two network calls per step, batched). Needs a model trained with --cond-drop.",
-)
-WEIGHT_SET = typer.Option(
-    None, "--weights-set",
-    help="Which weights of a trained run to sample: ema (the moving average; the default) or model (the raw "
-    "weights), or a named set such as ema-0.999.", show_default=False,
-)
 
 
 def sample(
@@ -130,10 +98,10 @@ def sample(
     from rcdm_cli.imaging import to_pil
     from rcdm_cli.inputs import check_image, expand_inputs, load_image
     from rcdm_cli.outputs import SampleLayout, unique_names, write_input
+    from rcdm_cli.pipeline.conditioning import check_vectors
     from rcdm_cli.pipeline.runner import RCDMRun
     from rcdm_cli.pipeline.sampling import SamplingOptions, check_fits_memory, load_noise, resolved_eta, sample_seed
     from rcdm_cli.preprocessing import diffusion_target
-    from rcdm_cli.pipeline.conditioning import check_vectors
     from rcdm_cli.tensorfile import load_tensor, provenance, save_tensors
 
     if images and rep:
