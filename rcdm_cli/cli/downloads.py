@@ -23,7 +23,7 @@ def download_progress():
                 bar = Progress(BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err, transient=True)
                 try:
                     bar.__enter__()
-                except LiveError:  # a status spinner is showing: report by log lines instead
+                except LiveError:  # rich < 14 allows one live display, and a spinner shows: log lines instead
                     bar = None
                 if bar is not None:
                     state["bar"] = bar
