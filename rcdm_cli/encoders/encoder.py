@@ -8,15 +8,24 @@ statistics. Its preprocessing can be switched, e.g. to the released RCDM models'
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from PIL import Image
 from torch import nn
 
-from rcdm_cli.encoders.spec import EncoderSpec, WeightSource
+from rcdm_cli.encoders.spec import EncoderSpec, Layer, WeightSource, as_layers
 from rcdm_cli.errors import UsageError
 from rcdm_cli.preprocessing import Preprocessing
+
+
+class UnknownLayer(UsageError):
+    """A layer the encoder does not have; a caller that can do without the layer's
+    width (it is checked again later) catches this one alone."""
+
+
+def unknown_layer(name: str, layer: str, layers: Iterable[str]) -> UnknownLayer:
+    return UnknownLayer(f"encoder {name!r} has no layer {layer!r}; it has: {', '.join(layers)}")
 
 
 class Encoder(nn.Module):
@@ -26,7 +35,7 @@ class Encoder(nn.Module):
         network: nn.Module,
         *,
         name: str,
-        layers: dict[str, tuple[int, str]],
+        layers: Mapping[str, Layer],
         preprocessing: Preprocessing,
         native_preprocessing: Preprocessing,
         source: WeightSource | None,
@@ -37,7 +46,7 @@ class Encoder(nn.Module):
         self.spec = spec
         self.name = name
         self.network = network
-        self.layers = dict(layers)
+        self.layers = as_layers(layers)
         self.native_preprocessing = native_preprocessing
         self.source = source
         self.weights_file = weights_file
@@ -68,12 +77,12 @@ class Encoder(nn.Module):
         return self.preprocessing.size
 
     def rep_dim(self, layer: str) -> int:
-        return self.layers[self.check_layer(layer)][0]
+        return self.layers[self.check_layer(layer)].dim
 
     def check_layer(self, layer: str | None) -> str:
         layer = layer or self.spec.default_layer
         if layer not in self.layers:
-            raise UsageError(f"encoder {self.name!r} has no layer {layer!r}; it has: {', '.join(self.layers)}")
+            raise unknown_layer(self.name, layer, self.layers)
         return layer
 
     def prepare(self, images: Image.Image | Sequence[Image.Image]) -> torch.Tensor:
@@ -98,6 +107,6 @@ class Encoder(nn.Module):
             "weights": self.weights_id,
             "weights_file": self.weights_file,
             "preprocessing": self.preprocessing.to_dict(),
-            "layers": {k: v[0] for k, v in self.layers.items()},
+            "layers": {k: v.dim for k, v in self.layers.items()},
             "plugin": self.plugin,
         }

@@ -16,19 +16,34 @@ import re
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pluggy
 import torch
 
 from rcdm_cli.download_cache import Progress
-from rcdm_cli.encoders.encoder import Encoder
 from rcdm_cli.encoders.attributes import AttributeSpec
+from rcdm_cli.encoders.catalog import catalog_row
+from rcdm_cli.encoders.encoder import Encoder
 from rcdm_cli.encoders.hooks import ENTRY_POINT_GROUP, PROJECT, PluginHooks
-from rcdm_cli.encoders.spec import BuildRequest, EncoderSpec, WeightSource
-from rcdm_cli.encoders.weights import fetch_weights
+from rcdm_cli.encoders.names import EncoderName
+from rcdm_cli.encoders.resolve import ResolvedEncoder, display_name, resolve_preprocessing, unknown_layer
+from rcdm_cli.encoders.spec import EncoderSpec, FamilyMember, Layer
 from rcdm_cli.errors import RcdmError, UsageError
-from rcdm_cli.preprocessing import RCDM, Preprocessing
+from rcdm_cli.preprocessing import Preprocessing
+
+__all__ = [
+    "EncoderName",
+    "EncoderRegistry",
+    "Lookup",
+    "Registered",
+    "ResolvedEncoder",
+    "create_encoder",
+    "get_registry",
+    "reset_registry",
+    "resolve_encoder",
+    "resolve_preprocessing",
+]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
@@ -45,30 +60,27 @@ class RegisteredAttribute:
     plugin: str
 
 
-@dataclass(frozen=True)
-class EncoderName:
-    base: str
-    variant: str | None = None
-    argument: str | None = None
+class Lookup(NamedTuple):
+    """A name found among the registered encoders: the registration and the parsed
+    name (a tuple, so ``entry, parsed = registry.get(name)`` keeps working)."""
 
-    @classmethod
-    def parse(cls, text: str) -> "EncoderName":
-        head, at, variant = text.strip().partition("@")
-        base, colon, argument = head.partition(":")
-        if not base or (at and not variant) or (colon and not argument):
-            raise UsageError(f"malformed encoder name {text!r}: expected NAME, NAME@WEIGHTS or FAMILY:MODEL")
-        return cls(base, variant or None, argument or None)
+    entry: Registered
+    name: EncoderName
 
-    def __str__(self) -> str:
-        out = self.base + (f":{self.argument}" if self.argument else "")
-        return out + (f"@{self.variant}" if self.variant else "")
+    @property
+    def spec(self) -> EncoderSpec:
+        return self.entry.spec
+
+    @property
+    def plugin(self) -> str:
+        return self.entry.plugin
 
 
 class DuplicateNameError(RcdmError):
     """Two plugins registered one name: which one the user meant cannot be guessed."""
 
 
-Layers = dict[str, tuple[int, str]]
+Layers = dict[str, Layer]
 
 
 class EncoderRegistry:
@@ -161,7 +173,7 @@ class EncoderRegistry:
             )
         return entry.spec
 
-    def get(self, name: str | EncoderName) -> tuple[Registered, EncoderName]:
+    def get(self, name: str | EncoderName) -> Lookup:
         parsed = name if isinstance(name, EncoderName) else EncoderName.parse(name)
         entry = self.specs.get(parsed.base)
         if entry is None:
@@ -177,35 +189,30 @@ class EncoderRegistry:
         if parsed.variant is not None and spec.weight_source(parsed.variant) is None:
             names = ", ".join(s.name for s in spec.weights) or "none"
             raise UsageError(f"encoder {spec.name!r} has no published weights {parsed.variant!r}; it has: {names}")
-        return entry, parsed
+        return Lookup(entry, parsed)
 
     def display_name(self, name: str | EncoderName) -> str:
         """The name a reader needs: ``NAME@WEIGHTS`` only when the weights are not the
         encoder's default ones (``supervised@v2``, but ``dino`` for dino's own)."""
         entry, parsed = self.get(name)
-        default = entry.spec.weight_source(None)
-        if parsed.variant and default is not None and parsed.variant == default.name:
-            parsed = EncoderName(parsed.base, None, parsed.argument)
-        return str(parsed)
+        return display_name(entry.spec, parsed)
 
     def names(self) -> list[str]:
         return [n + (":MODEL" if r.spec.family else "") for n, r in self.specs.items()]
 
-    def describe(self, name: str | EncoderName) -> tuple[Layers, Preprocessing, tuple[WeightSource, ...]]:
-        """An encoder's layers (name -> (dim, description)), native preprocessing and
-        weight sources, without building it. For a family member, what the family's
-        ``describe`` says of it (which refuses an unknown member)."""
+    def describe(self, name: str | EncoderName) -> FamilyMember:
+        """An encoder's layers, native preprocessing and weight sources, without
+        building it. For a family member, what the family's ``describe`` says of it
+        (which refuses an unknown member)."""
         entry, parsed = self.get(name)
         spec = entry.spec
         if not spec.family:
-            return dict(spec.layers), spec.preprocessing, tuple(spec.weights)
-        described = tuple(spec.describe(parsed.argument))
-        layers, native = described[0], described[1]
-        weights = tuple(described[2]) if len(described) > 2 else ()
-        return dict(layers), native, weights
+            return FamilyMember(dict(spec.layers), spec.preprocessing, tuple(spec.weights))
+        member = FamilyMember.of(spec.describe(parsed.argument))
+        return member._replace(layers=dict(member.layers))
 
     def layers(self, name: str | EncoderName) -> tuple[Layers, Preprocessing]:
-        """An encoder's layers (name -> (dim, description)) and native preprocessing,
+        """An encoder's layers (name -> :class:`Layer`) and native preprocessing,
         without building it."""
         layers, native, _ = self.describe(name)
         return layers, native
@@ -217,7 +224,7 @@ class EncoderRegistry:
         for name, entry in self.specs.items():
             spec = entry.spec
             rows.append(
-                _row(
+                catalog_row(
                     name + (":MODEL" if spec.family else ""), spec, entry.plugin, dict(spec.layers),
                     spec.preprocessing, tuple(spec.weights),
                 )
@@ -231,9 +238,47 @@ class EncoderRegistry:
         if not entry.spec.family:
             raise UsageError(f"encoder {entry.spec.name!r} takes no ':' argument")
         layers, native, weights = self.describe(parsed)
-        row = _row(str(EncoderName(parsed.base, None, parsed.argument)), entry.spec, entry.plugin, layers, native, weights)
+        row = catalog_row(str(parsed.without_weights), entry.spec, entry.plugin, layers, native, weights)
         row["family"], row["member_of"] = False, entry.spec.name
         return row
+
+    def resolve(
+        self,
+        name: str | EncoderName,
+        layer: str | None = None,
+        weights: str | Path | None = None,
+        preprocessing: str | Preprocessing | dict | None = None,
+    ) -> ResolvedEncoder:
+        """Check an encoder name, layer (default: the encoder's own default), local
+        weights file and preprocessing (``native`` when None) against the installed
+        plugins, without building anything; refusals are usage errors."""
+        return self._resolve(name, layer, weights, preprocessing, check_layer=True)
+
+    def _resolve(self, name, layer, weights, preprocessing, *, check_layer: bool) -> ResolvedEncoder:
+        entry, parsed = self.get(name)
+        layers, native, _ = self.describe(parsed)
+        source = entry.spec.weight_source(parsed.variant)
+        if source is not None and source.preprocessing is not None:
+            native = source.preprocessing
+        chosen = layer or entry.spec.default_layer
+        requested = name if isinstance(name, str) else str(name)
+        if check_layer and chosen not in layers:
+            raise unknown_layer(requested, chosen, layers)
+        path = Path(weights).expanduser() if weights is not None else None
+        if path is not None and not path.is_file():
+            raise UsageError(f"no such weights file: {path}")
+        return ResolvedEncoder(
+            requested=requested,
+            name=parsed,
+            spec=entry.spec,
+            plugin=entry.plugin,
+            source=source,
+            layer=chosen,
+            layers=layers,
+            native_preprocessing=native,
+            preprocessing=resolve_preprocessing(preprocessing, native),
+            weights_path=path,
+        )
 
     def create(
         self,
@@ -245,93 +290,10 @@ class EncoderRegistry:
         progress: Progress | None = None,
         seed: int = 0,
     ) -> Encoder:
-        """Build an encoder with its published (or a local) weights, frozen."""
-        entry, parsed = self.get(name)
-        spec = entry.spec
-        layers, native = self.layers(parsed)
-        source = spec.weight_source(parsed.variant)
-        if source is not None and source.preprocessing is not None:
-            native = source.preprocessing
-        if weights_path is not None:
-            path: Path | None = Path(weights_path).expanduser()
-            if not path.is_file():
-                raise UsageError(f"no such weights file: {path}")
-        elif source is not None and source.url:
-            path = fetch_weights(source, progress)
-        else:
-            path = None
-        network = spec.build(BuildRequest(path, source, parsed.argument, seed))
-        encoder = Encoder(
-            spec,
-            network,
-            name=str(EncoderName(parsed.base, None, parsed.argument)),
-            layers=layers,
-            preprocessing=resolve_preprocessing(preprocessing, native),
-            native_preprocessing=native,
-            source=source,
-            weights_file=str(path) if path else None,
-            plugin=entry.plugin,
-        )
-        return encoder.to(device)
-
-
-def _source_row(source: WeightSource, default: bool) -> dict[str, Any]:
-    pre = source.preprocessing
-    return {
-        "name": source.name,
-        "default": default,
-        "url": source.url,
-        "license": source.license,
-        "license_short": short_license(source.license),
-        "description": source.description,
-        "notes": source.notes,
-        "integrity": source.integrity,
-        "sha256": source.sha256 or source.sha256_prefix,
-        "preprocessing": pre.to_dict() if pre else None,
-        "preprocessing_description": pre.describe() if pre else None,
-    }
-
-
-def _row(
-    name: str, spec: EncoderSpec, plugin: str, layers: Layers, native: Preprocessing, weights: tuple[WeightSource, ...]
-) -> dict[str, Any]:
-    return {
-        "name": name,
-        "description": spec.description,
-        "layers": {k: {"dim": d, "description": text} for k, (d, text) in layers.items()},
-        "default_layer": spec.default_layer,
-        "input_size": native.size,
-        "preprocessing": native.to_dict(),
-        "preprocessing_description": native.describe(),
-        "weights": [_source_row(w, i == 0) for i, w in enumerate(weights)],
-        "family": spec.family,
-        "plugin": plugin,
-    }
-
-
-def short_license(text: str) -> str:
-    """A licence statement's identifiers alone (``"CC-BY-NC-4.0 (SwAV)"`` ->
-    ``"CC-BY-NC-4.0"``; ``"MIT (a); Apache-2.0 (b)"`` -> ``"MIT/Apache-2.0"``), for
-    listings too narrow for the whole statement; a statement with no identifier
-    stays whole."""
-    parts = []
-    for part in text.split(";"):
-        head = part.split("(")[0].strip()
-        if head and " " not in head and head not in parts:
-            parts.append(head)
-    return "/".join(parts) or text
-
-
-def resolve_preprocessing(choice: str | Preprocessing | dict, native: Preprocessing) -> Preprocessing:
-    if isinstance(choice, Preprocessing):
-        return choice
-    if isinstance(choice, dict):
-        return Preprocessing.from_dict(choice)
-    if choice == "native":
-        return native
-    if choice == "rcdm":
-        return RCDM
-    raise UsageError(f"unknown preprocessing {choice!r}: expected native or rcdm")
+        """Build an encoder with its published (or a local) weights, frozen. Its layer
+        is chosen at each call, so none is checked here."""
+        resolved = self._resolve(name, None, weights_path, preprocessing, check_layer=False)
+        return resolved.build(device, progress=progress, seed=seed)
 
 
 def _validate(spec: Any, origin: str, kind: type = EncoderSpec, noun: str = "encoder") -> None:
@@ -370,3 +332,13 @@ def reset_registry() -> None:
 
 def create_encoder(name: str, **kwargs) -> Encoder:
     return get_registry().create(name, **kwargs)
+
+
+def resolve_encoder(
+    name: str | EncoderName,
+    layer: str | None = None,
+    weights: str | Path | None = None,
+    preprocessing: str | Preprocessing | dict | None = None,
+) -> ResolvedEncoder:
+    """:meth:`EncoderRegistry.resolve` on the installed plugins."""
+    return get_registry().resolve(name, layer, weights, preprocessing)

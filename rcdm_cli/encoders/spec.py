@@ -4,11 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 from torch import nn
 
 from rcdm_cli.preprocessing import IMAGENET, Preprocessing
+
+
+class Layer(NamedTuple):
+    """One representation an encoder offers: its width and a one-line description.
+    A tuple, so that plugins written against plain ``(dim, description)`` pairs keep
+    working."""
+
+    dim: int
+    description: str
+
+
+def as_layers(layers: Mapping[str, Iterable[Any]]) -> dict[str, Layer]:
+    """A plugin's layer mapping with every value a :class:`Layer` (plain pairs accepted)."""
+    return {name: value if isinstance(value, Layer) else Layer(*value) for name, value in layers.items()}
 
 
 @dataclass(frozen=True)
@@ -70,30 +84,52 @@ class BuildRequest:
     seed: int = 0
 
 
+class FamilyMember(NamedTuple):
+    """What a family's ``describe(argument)`` says of one member: its layers, native
+    preprocessing and, when it has any, its published weights. Families may still
+    return a plain 2- or 3-tuple in this order."""
+
+    layers: Mapping[str, Layer]
+    preprocessing: Preprocessing
+    weights: tuple[WeightSource, ...] = ()
+
+    @classmethod
+    def of(cls, described: Iterable[Any]) -> "FamilyMember":
+        """A ``describe`` result of either form, with its layers as :class:`Layer`."""
+        items = tuple(described)
+        weights = tuple(items[2]) if len(items) > 2 else ()
+        return cls(as_layers(items[0]), items[1], weights)
+
+
 @dataclass(frozen=True)
 class EncoderSpec:
     """An encoder as registered by a plugin.
 
     ``build(request)`` returns an ``nn.Module`` whose ``forward(x, layer)`` maps a
     batch of *normalised* images (B, 3, S, S) to the representation at ``layer``
-    (B, dim). ``layers`` maps each layer name to its width and a one-line description.
+    (B, dim). ``layers`` maps each layer name to a :class:`Layer` (its width and a
+    one-line description; a plain pair is accepted).
     ``weights`` lists the published weight files; the first is the default, others are
     chosen with ``NAME@WEIGHTS``. A *family* (``family=True``) is used as
-    ``NAME:ARGUMENT`` (``timm:convnext_tiny``); its ``describe(argument)`` returns the
-    layers and native preprocessing of one member, and optionally, as a third item,
-    the member's weight sources (shown by ``rcdm encoders NAME:ARGUMENT``). It raises
-    ``UsageError`` for an argument that names no member.
+    ``NAME:ARGUMENT`` (``timm:convnext_tiny``); its ``describe(argument)`` returns a
+    :class:`FamilyMember`: the layers and native preprocessing of one member, and
+    optionally the member's weight sources (shown by ``rcdm encoders NAME:ARGUMENT``).
+    It raises ``UsageError`` for an argument that names no member.
     """
 
     name: str
     description: str
     build: Callable[[BuildRequest], nn.Module]
-    layers: Mapping[str, tuple[int, str]] = field(default_factory=dict)
+    layers: Mapping[str, Layer] = field(default_factory=dict)
     weights: tuple[WeightSource, ...] = ()
     preprocessing: Preprocessing = IMAGENET
     default_layer: str = "backbone"
     family: bool = False
-    describe: Callable[[str], tuple] | None = None
+    describe: Callable[[str], FamilyMember | tuple] | None = None
+
+    def __post_init__(self) -> None:
+        # normalised once here, so that no reader has to accept both forms
+        object.__setattr__(self, "layers", as_layers(self.layers))
 
     def weight_source(self, variant: str | None) -> WeightSource | None:
         if not self.weights:
