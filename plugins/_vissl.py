@@ -22,7 +22,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from rcdm_cli.encoders import RcdmError, is_state_dict, load_torch_file, rename_keys
+from rcdm_cli.encoders.weights import is_state_dict, rename_keys
+from rcdm_cli.plugin import RcdmError, load_torch_file
 
 VISSL_LICENSE = "MIT (VISSL)"
 MODEL_ZOO = "https://dl.fbaipublicfiles.com/vissl/model_zoo"

@@ -19,19 +19,16 @@ from pathlib import Path
 
 from torch import nn
 
-from rcdm_cli.encoders import (
+from rcdm_cli.encoders.nets import ResNetWithHeads, mlp, resnet50_trunk, uninitialized
+from rcdm_cli.encoders.weights import rename_keys
+from rcdm_cli.plugin import (
     BuildRequest,
     EncoderSpec,
-    ResNetWithHeads,
     WeightSource,
     find_state_dict,
     hookimpl,
     load_strict,
     load_torch_file,
-    mlp,
-    rename_keys,
-    resnet50_trunk,
-    uninitialized,
 )
 from rcdm_plugins._vissl import LARS_SAFE_GLOBALS, MODEL_ZOO, VISSL_LICENSE, vissl_state as _vissl_state
 from rcdm_plugins._training_scripts import TRAINING_SCRIPT_GLOBALS

@@ -44,22 +44,19 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from rcdm_cli.encoders import (
+from rcdm_cli.encoders.nets import global_pool, mlp, resnet50_trunk, resnet_stages
+from rcdm_cli.encoders.weights import is_state_dict
+from rcdm_cli.plugin import (
     BuildRequest,
     EncoderSpec,
     Preprocessing,
+    RcdmError,
     WeightSource,
     drop_common_prefix,
-    global_pool,
     hookimpl,
-    is_state_dict,
     load_strict,
     load_torch_file,
-    mlp,
-    resnet50_trunk,
-    resnet_stages,
 )
-from rcdm_cli.errors import RcdmError
 
 LICENSE = "Apache-2.0 (facebookresearch/dino)"
 BASE_URL = "https://dl.fbaipublicfiles.com/dino"

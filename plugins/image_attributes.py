@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from rcdm_cli.encoders import AttributeSpec, hookimpl
+from rcdm_cli.plugin import AttributeSpec, hookimpl
 
 # ITU-R BT.601 luma weights: those of PIL's "L" mode and of the demo scenes' grayscale.
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)

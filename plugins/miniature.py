@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rcdm_cli.encoders import (
+from rcdm_cli.plugin import (
     BuildRequest,
     EncoderSpec,
     Preprocessing,

@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 
 from rcdm_cli.demo.scenes import BACKGROUNDS, COLOURS, POSITION_RANGE, SHAPES, SIZE_RANGE, luma
-from rcdm_cli.encoders import AttributeSpec, hookimpl
+from rcdm_cli.plugin import AttributeSpec, hookimpl
 
 COLOUR_NAMES = tuple(COLOURS)
 BACKGROUND_NAMES = tuple(BACKGROUNDS)

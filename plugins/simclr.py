@@ -10,16 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from rcdm_cli.encoders import (
-    BuildRequest,
-    EncoderSpec,
-    ResNetWithHeads,
-    WeightSource,
-    hookimpl,
-    load_strict,
-    mlp,
-    resnet50_trunk,
-)
+from rcdm_cli.encoders.nets import ResNetWithHeads, mlp, resnet50_trunk
+from rcdm_cli.plugin import BuildRequest, EncoderSpec, WeightSource, hookimpl, load_strict
 from rcdm_plugins._vissl import MODEL_ZOO, VISSL_LICENSE, vissl_state
 
 VISSL = WeightSource(

@@ -25,21 +25,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rcdm_cli.encoders import (
+from rcdm_cli.encoders.nets import ResNetWithHeads, mlp, resnet50_trunk
+from rcdm_cli.encoders.weights import subtree
+from rcdm_cli.plugin import (
     IMAGENET_MEAN,
     BuildRequest,
     EncoderSpec,
     Preprocessing,
-    ResNetWithHeads,
+    RcdmError,
     WeightSource,
     hookimpl,
     load_strict,
     load_torch_file,
-    mlp,
-    resnet50_trunk,
-    subtree,
 )
-from rcdm_cli.errors import RcdmError
 
 SWAV_LICENSE = "CC-BY-NC-4.0 (SwAV)"
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rcdm_cli.encoders import BuildRequest, EncoderSpec, Preprocessing, UsageError, hookimpl
+from rcdm_cli.plugin import BuildRequest, EncoderSpec, Preprocessing, UsageError, hookimpl
 
 # Cells per side of each layer's grid.
 GRIDS = {"backbone": 4, "8x8": 8, "2x2": 2}

@@ -24,9 +24,12 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from rcdm_cli.encoders import (
+from rcdm_cli.download_cache import offline
+from rcdm_cli.plugin import (
     BuildRequest,
     EncoderSpec,
+    FamilyMember,
+    Layer,
     Preprocessing,
     RcdmError,
     UsageError,
@@ -36,7 +39,6 @@ from rcdm_cli.encoders import (
     hookimpl,
     load_strict,
     load_torch_file,
-    offline,
 )
 
 HF = "https://huggingface.co"
@@ -174,9 +176,9 @@ def weight_source(name: str, cfg: dict) -> WeightSource | None:
 
 def describe(name: str):
     width, cfg = _meta_model(name)
-    layers = {"backbone": (width, "pooled features (timm num_classes=0)")}
+    layers = {"backbone": Layer(width, "pooled features (timm num_classes=0)")}
     source = weight_source(name, cfg)
-    return layers, _preprocessing(name, cfg), (source,) if source else ()
+    return FamilyMember(layers, _preprocessing(name, cfg), (source,) if source else ())
 
 
 @contextlib.contextmanager

@@ -17,11 +17,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rcdm_cli.encoders import (
+from rcdm_cli.encoders.nets import ResNetWithHeads, resnet50_trunk
+from rcdm_cli.encoders.weights import rename_keys
+from rcdm_cli.plugin import (
     BuildRequest,
     EncoderSpec,
     Preprocessing,
-    ResNetWithHeads,
     UsageError,
     WeightSource,
     drop_common_prefix,
@@ -29,8 +30,6 @@ from rcdm_cli.encoders import (
     hookimpl,
     load_strict,
     load_torch_file,
-    rename_keys,
-    resnet50_trunk,
 )
 
 TORCHVISION_LICENSE = "BSD-3-Clause (torchvision)"

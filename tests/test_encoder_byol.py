@@ -20,10 +20,12 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-import rcdm_plugins.byol as byol
+import rcdm_plugins._byol_haiku as byol_haiku
+import rcdm_plugins._tf_padding as tf_padding
 from helpers import rel_err, subfolder
-from rcdm_cli.encoders import IMAGENET_MEAN, IMAGENET_STD, create_encoder, get_registry
+from rcdm_cli.encoders import create_encoder, get_registry
 from rcdm_cli.errors import RcdmError
+from rcdm_cli.plugin import IMAGENET_MEAN, IMAGENET_STD
 from synthetic import resnet50_state, state_from_shapes
 
 DIMS = {"backbone": 2048, "layer3": 1024, "head": 256}
@@ -335,11 +337,11 @@ def test_sources_state_their_licences_digest_notes_and_preprocessing():
 
 
 def test_same_pads_follow_tensorflow():
-    assert byol.same_pads(224, 7, 2) == (2, 3)
-    assert byol.same_pads(112, 3, 2) == (0, 1)
-    assert byol.same_pads(56, 3, 1) == (1, 1)
-    assert byol.same_pads(56, 1, 2) == (0, 0)
-    assert byol.same_pads(7, 3, 2) == (1, 1)
+    assert tf_padding.same_pads(224, 7, 2) == (2, 3)
+    assert tf_padding.same_pads(112, 3, 2) == (0, 1)
+    assert tf_padding.same_pads(56, 3, 1) == (1, 1)
+    assert tf_padding.same_pads(56, 1, 2) == (0, 0)
+    assert tf_padding.same_pads(7, 3, 2) == (1, 1)
 
 
 # --- DeepMind: loading, strictness ----------------------------------------------------------
@@ -410,10 +412,10 @@ def test_deepmind_file_without_experiment_state_is_refused(tmp_path):
 
 def test_stem_convolution_is_accepted_under_either_name():
     w = np.zeros((7, 7, 3, 64), np.float32)
-    renamed = byol._initial_conv_alias({HK + "initial_conv_1": {"w": w}}, "x.pkl")
+    renamed = byol_haiku._initial_conv_alias({HK + "initial_conv_1": {"w": w}}, "x.pkl")
     assert list(renamed) == [HK + "initial_conv"]
     with pytest.raises(RcdmError, match="both"):
-        byol._initial_conv_alias({HK + "initial_conv": {"w": w}, HK + "initial_conv_1": {"w": w}}, "x.pkl")
+        byol_haiku._initial_conv_alias({HK + "initial_conv": {"w": w}, HK + "initial_conv_1": {"w": w}}, "x.pkl")
 
 
 # --- DeepMind: the restricted unpickler ------------------------------------------------------
@@ -437,7 +439,7 @@ def test_unpickler_reads_protocol_2_arrays_under_numpy_1_and_2_names(tmp_path):
     for variant, module in ((numpy1, b"numpy.core.multiarray"), (numpy2, b"numpy._core.multiarray")):
         assert module + b"\n_reconstruct" in variant
         path.write_bytes(variant)
-        out = byol.read_haiku_checkpoint(path)
+        out = byol_haiku.read_haiku_checkpoint(path)
         assert type(out["x"]) is dict
         for k, v in arrays.items():
             if isinstance(v, dict):
@@ -452,7 +454,7 @@ def test_unpickler_reads_arrays_wrapped_by_newer_dill(tmp_path):
     path = tmp_path / "a.pkl"
     dump_dill_like({"w": np.arange(4, dtype=np.float32)}, path, wrap_arrays=True)
     assert b"dill._dill\n_create_array" in path.read_bytes()
-    assert np.array_equal(byol.read_haiku_checkpoint(path)["w"], np.arange(4, dtype=np.float32))
+    assert np.array_equal(byol_haiku.read_haiku_checkpoint(path)["w"], np.arange(4, dtype=np.float32))
 
 
 class _Reduces:

@@ -19,8 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-from rcdm_cli.encoders import IMAGENET_MEAN, IMAGENET_STD, create_encoder, get_registry, reset_registry
+from rcdm_cli.encoders import create_encoder, get_registry, reset_registry
 from rcdm_cli.errors import RcdmError
+from rcdm_cli.plugin import IMAGENET_MEAN, IMAGENET_STD
 from rcdm_cli.preprocessing import diffusion_target
 from synthetic import barlow_vissl_checkpoint, simclr_vissl_checkpoint, vissl_lars_importable
 

@@ -19,7 +19,8 @@ from torch import nn
 
 from helpers import rel_err, subfolder
 from rcdm_cli.checkpoint.released import RELEASED
-from rcdm_cli.encoders import create_encoder, encoder_cache_dir, get_registry, reset_registry
+from rcdm_cli.encoders import create_encoder, get_registry, reset_registry
+from rcdm_cli.encoders.weights import encoder_cache_dir
 from rcdm_cli.errors import RcdmError
 from synthetic import random_tensor, resnet50_state
 

@@ -14,8 +14,9 @@ import torchvision
 from torch import nn
 
 from helpers import rel_err, subfolder
-from rcdm_cli.encoders import IMAGENET_MEAN, IMAGENET_STD, create_encoder
+from rcdm_cli.encoders import create_encoder
 from rcdm_cli.errors import RcdmError
+from rcdm_cli.plugin import IMAGENET_MEAN, IMAGENET_STD
 from synthetic import resnet50_state, simclr_vissl_checkpoint, state_from_shapes
 
 DIMS = {"backbone": 2048, "layer3": 1024, "head": 128}

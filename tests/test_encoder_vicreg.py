@@ -16,8 +16,9 @@ import torchvision
 from torch import nn
 
 from helpers import rel_err, subfolder
-from rcdm_cli.encoders import IMAGENET_MEAN, IMAGENET_STD, create_encoder
+from rcdm_cli.encoders import create_encoder
 from rcdm_cli.errors import RcdmError
+from rcdm_cli.plugin import IMAGENET_MEAN, IMAGENET_STD
 from synthetic import missing as _missing
 from synthetic import renamed as _renamed
 from synthetic import reshaped as _reshaped

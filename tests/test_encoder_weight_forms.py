@@ -23,7 +23,8 @@ import test_encoder_dino as dino_files
 import test_encoder_simclr as simclr_files
 import test_encoder_swav as swav_files
 import test_encoder_vicreg as vicreg_files
-from rcdm_cli.encoders import create_encoder, is_safetensors, reset_registry
+from rcdm_cli.encoders import create_encoder, reset_registry
+from rcdm_cli.encoders.weights import is_safetensors
 from synthetic import resnet50_state
 
 Forms = dict[str, Path]

@@ -18,16 +18,10 @@ from safetensors.torch import save_file
 
 import rcdm_cli.download_cache as download_module
 from rcdm_cli.download_cache import sha256sum
-from rcdm_cli.encoders import (
-    NumpyUnpickler,
-    WeightSource,
-    encoder_cache_dir,
-    fetch_weights,
-    is_safetensors,
-    load_numpy_pickle,
-    load_torch_file,
-)
+from rcdm_cli.encoders.numpy_pickle import NumpyUnpickler
+from rcdm_cli.encoders.weights import encoder_cache_dir, fetch_weights, is_safetensors
 from rcdm_cli.errors import RcdmError
+from rcdm_cli.plugin import WeightSource, load_numpy_pickle, load_torch_file
 
 # --- safetensors and torch files ---------------------------------------------------------
 

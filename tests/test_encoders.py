@@ -18,7 +18,6 @@ from rcdm_cli.encoders import (
     EncoderName,
     EncoderRegistry,
     EncoderSpec,
-    WeightSource,
     create_encoder,
     get_registry,
     hookimpl,
@@ -26,6 +25,7 @@ from rcdm_cli.encoders import (
 )
 from rcdm_cli.encoders.weights import encoder_cache_dir, fetch_weights
 from rcdm_cli.errors import RcdmError, UsageError
+from rcdm_cli.plugin import WeightSource
 from synthetic import resnet50_state
 
 DOCS = REPO / "docs" / "plugins.md"

@@ -9,7 +9,7 @@ distribution::
 
 with a function marked ``@hookimpl``::
 
-    from rcdm_cli.encoders import EncoderSpec, hookimpl
+    from rcdm_cli.plugin import AttributeSpec, EncoderSpec, hookimpl
 
     @hookimpl
     def register_encoders(register):

@@ -17,7 +17,7 @@ no code from the file runs. What it admits:
 - Haiku's ``frozendict`` and ``FlatMapping`` (rebuilt as dicts).
 
 A plugin that needs one more harmless name passes it in ``extra_globals``.
-:func:`rcdm_cli.encoders.load_numpy_pickle` reads a file with it.
+:func:`rcdm_cli.plugin.load_numpy_pickle` reads a file with it.
 """
 
 from __future__ import annotations
