@@ -47,7 +47,7 @@ from PIL import Image
 
 from rcdm_cli.encoders import AttributeSpec, get_registry
 from rcdm_cli.errors import UsageError
-from rcdm_cli.evaluation.augmentations import AUGMENTATIONS
+from rcdm_cli.evaluation.augmentations import AUGMENTATIONS, check_augmentations  # noqa: F401 - also importable from here
 from rcdm_cli.evaluation.invariance import augmented
 from rcdm_cli.evaluation.rank import rank_table, summarize
 from rcdm_cli.pipeline.sampling import SamplingOptions
@@ -246,13 +246,6 @@ class AttributeRun:
     network_calls: int
 
 
-def check_augmentations(names: Sequence[str]) -> list[str]:
-    for name in names:
-        if name not in AUGMENTATIONS:
-            raise UsageError(f"unknown augmentation {name!r}; choose from: {', '.join(AUGMENTATIONS)}")
-    return list(dict.fromkeys(names))
-
-
 def measure_attributes(
     run,
     pictures: Sequence[Image.Image],
@@ -310,3 +303,21 @@ def measure_attributes(
         }
     calls = diffusion.num_timesteps * (1 + len(augmentations))
     return AttributeRun(scores, augmented_scores, cond_images, samples, augmented_views, augmented_samples, calls)
+
+
+def attribute_record(run, measured: AttributeRun, paths: Sequence, options: SamplingOptions, n: int) -> dict:
+    """One representation's result, as appended to the results file."""
+    return {
+        "metric": "attributes",
+        "label": f"{get_registry().display_name(run.plan.encoder)}/{run.plan.layer}",
+        "checkpoint": run.checkpoint_info(),
+        "encoder": run.plan.encoder,
+        "weights": run.encoder_info().get("weights"),
+        "layer": run.plan.layer,
+        "images": len(paths),
+        "samples_per_image": n,
+        "attributes": measured.scores,
+        "augmentations": measured.augmentations,
+        "sampling": {**options.to_dict(), "network_calls": measured.network_calls},
+        "image_paths": [str(p) for p in paths],
+    }

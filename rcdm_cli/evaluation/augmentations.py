@@ -12,10 +12,12 @@ to change (a zoom crop the foreground's scale, grayscale the grayscale status), 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+from rcdm_cli.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -107,3 +109,10 @@ AUGMENTATIONS: dict[str, Augmentation] = {
     )
 }
 
+
+def check_augmentations(names: Sequence[str]) -> list[str]:
+    """The names, each once, in order; an unknown one is an error that lists them all."""
+    for name in names:
+        if name not in AUGMENTATIONS:
+            raise UsageError(f"unknown augmentation {name!r}; choose from: {', '.join(AUGMENTATIONS)}")
+    return list(dict.fromkeys(names))

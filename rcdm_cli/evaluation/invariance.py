@@ -30,10 +30,12 @@ def _encode(
     layers: list[str],
     batch_size: int,
     view: Callable[[Image.Image, int], Image.Image] | None = None,
+    done: Callable[[int], None] = lambda count: None,
 ) -> dict[str, torch.Tensor]:
     """Every layer's representation of ``images`` (or of ``view(image, index)``),
     ``batch_size`` images per network call; each batch is made and prepared once and
-    run through every layer, so only one batch of views is held at a time."""
+    run through every layer, so only one batch of views is held at a time.
+    ``done(count)`` follows each batch."""
     rows: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
@@ -43,6 +45,7 @@ def _encode(
         with torch.no_grad():
             for layer in layers:
                 rows[layer].append(encoder(x, layer).cpu())
+        done(len(batch))
     return {layer: torch.cat(parts) for layer, parts in rows.items()}
 
 
@@ -56,18 +59,44 @@ def invariance(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """{augmentation: {layer: {"mean": ..., "std": ...}}} of the cosine similarity
-    between each image's representation and its augmented view's."""
+    between each image's representation and its augmented view's.
+    ``progress(done, total)`` counts the images encoded, the originals and every
+    augmentation's views: (1 + augmentations) x images in all."""
     if batch_size < 1:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
-    clean = _encode(images, encoder, layers, batch_size)
+    total = len(images) * (1 + len(augmentations))
+    encoded = 0
+
+    def done(count: int) -> None:
+        nonlocal encoded
+        encoded += count
+        if progress is not None:
+            progress(encoded, total)
+
+    clean = _encode(images, encoder, layers, batch_size, done=done)
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for a, name in enumerate(augmentations):
+    for name in augmentations:
         aug = AUGMENTATIONS[name]
-        views = _encode(images, encoder, layers, batch_size, lambda im, i, aug=aug: augmented(im, aug, seed, i))
+        views = _encode(images, encoder, layers, batch_size, lambda im, i, aug=aug: augmented(im, aug, seed, i), done)
         out[name] = {}
         for layer in layers:
             sims = F.cosine_similarity(clean[layer].double(), views[layer].double(), dim=1)
             out[name][layer] = {"mean": float(sims.mean()), "std": float(sims.std()) if len(sims) > 1 else 0.0}
-        if progress is not None:
-            progress(a + 1, len(augmentations))
     return out
+
+
+def invariance_record(
+    encoder: Encoder, layers: list[str], augmentations: list[str], images: int, seed: int, table: dict
+) -> dict:
+    """The results record of :func:`invariance`'s ``table``."""
+    return {
+        "metric": "invariance",
+        "encoder": encoder.name,
+        "weights": encoder.weights_id,
+        "preprocessing": encoder.preprocessing.to_dict(),
+        "layers": layers,
+        "images": images,
+        "seed": seed,
+        "similarity": table,
+        "trained_augmentations": [a for a in augmentations if AUGMENTATIONS[a].trained],
+    }

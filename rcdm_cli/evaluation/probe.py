@@ -10,6 +10,7 @@ saved with the encoder, layer and preprocessing it belongs to, so ``rcdm attack
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 
+from rcdm_cli.encoders import EncoderName
 from rcdm_cli.errors import RcdmError, UsageError
 from rcdm_cli.inputs import list_images
 from rcdm_cli.tensorfile import save_tensors
@@ -105,3 +107,18 @@ def accuracy(probe: Probe, features: torch.Tensor, labels: torch.Tensor) -> dict
     if logits.shape[1] >= 5:
         out["top5"] = float((top == labels[:, None]).any(dim=1).double().mean())
     return out
+
+
+def probe_stem(encoder: str, weights: Path | None) -> str:
+    """The file-name stem of an encoder's probes: its name, plus the weights variant
+    or the local weights file's stem, so probes of different weights do not collide
+    (``dino-head``, ``dino-vitb8-head``, ``timm-resnet50-head``)."""
+    parsed = EncoderName.parse(encoder)
+    parts = [parsed.base, parsed.argument, parsed.variant, weights.stem if weights is not None else None]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(p for p in parts if p))
+
+
+def probe_files(out: Path, encoder: str, weights: Path | None, layers: list[str]) -> dict[str, Path]:
+    """Where each layer's probe goes: ``OUT/STEM-LAYER.safetensors``."""
+    stem = probe_stem(encoder, weights)
+    return {layer: out / f"{stem}-{layer}.safetensors" for layer in layers}
