@@ -225,6 +225,60 @@ def test_invariance_grid_of_samples(capsys, toy_encoder, tmp_path):
     assert code == 2 and "already exist" in err
 
 
+def test_invariance_takes_its_encoder_from_the_checkpoint(capsys, toy_encoder, tmp_path):
+    """As every other command: the representation the model is conditioned on (its
+    encoder, layer and preprocessing), --layer measuring others; a contradicting
+    --encoder is refused before any work."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        _textured(i).save(images / f"{i}.png")
+    ckpt = _toy_checkpoint(tmp_path / "m.safetensors")
+    fast = ["-n", 1, "--steps", "ddim2", "--sampler", "ddim", "--no-results", "--json", "--overwrite"]
+    code, out, err = rcdm(capsys, "evaluate", "invariance", images, "-c", ckpt, "-a", "hflip", "-o", tmp_path / "grid", *fast)
+    assert code == 0, err
+    record = json.loads(out)
+    assert (record["encoder"], record["layers"], record["preprocessing"]) == ("flipinv", ["backbone"], TOY_PRE.to_dict())
+    assert record["similarity"]["hflip"]["backbone"]["mean"] == pytest.approx(1.0, abs=1e-6)
+    assert record["grid_encoder"]["encoder"] == "flipinv" and Path(record["grid"]).is_file()
+    assert err.strip().splitlines()[-1] == f"rcdm: grid: {tmp_path / 'grid' / 'augmentations.png'}"
+    code, out, err = rcdm(capsys, "evaluate", "invariance", images, "-c", ckpt, "-l", "backbone", "-l", "head", "-a", "hflip",
+                          "-o", tmp_path / "grid", *fast)
+    assert code == 0, err
+    assert json.loads(out)["layers"] == ["backbone", "head"]
+    code, _, err = rcdm(capsys, "evaluate", "invariance", images, "-c", ckpt, "--encoder", "random", "-o", tmp_path / "g2", *fast)
+    assert code == 2 and "contradicts" in err and not (tmp_path / "g2").exists()
+    code, _, err = rcdm(capsys, "evaluate", "invariance", images, "--no-results")
+    assert code == 2 and "give --encoder, or --checkpoint" in err
+
+
+def test_invariance_takes_files_folders_globs_and_stdin(capsys, toy_encoder, tmp_path, monkeypatch):
+    import io
+
+    for i in range(4):
+        _textured(i).save(tmp_path / f"{i}.png")
+    common = ["--encoder", toy_encoder, "-l", "backbone", "-a", "hflip", "--no-results", "--json"]
+    code, out, err = rcdm(capsys, "evaluate", "invariance", tmp_path / "0.png", tmp_path / "[12].png", *common)
+    assert code == 0, err
+    assert json.loads(out)["images"] == 3
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{tmp_path / '3.png'}\n{tmp_path / '0.png'}\n"))
+    code, out, err = rcdm(capsys, "evaluate", "invariance", "-", *common)
+    assert code == 0, err
+    assert json.loads(out)["images"] == 2
+    code, out, err = rcdm(capsys, "evaluate", "invariance", tmp_path, "--max-images", 1, *common[:-2], "--results", tmp_path / "r.jsonl")
+    assert code == 0, err
+    assert "hflip" in out and json.loads((tmp_path / "r.jsonl").read_text())["images"] == 1
+    assert err.strip().splitlines()[-1] == f"rcdm: appended to {tmp_path / 'r.jsonl'}"
+
+
+def test_invariance_reports_progress_over_images_and_views(toy_encoder):
+    enc = create_encoder(toy_encoder)
+    images = [_textured(i) for i in range(5)]
+    seen = []
+    invariance(images, enc, ["backbone"], ["hflip", "vshift"], batch_size=2, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(d, 15) for d in (2, 4, 5, 7, 9, 10, 12, 14, 15)]
+
+
 # --- probe ---------------------------------------------------------------------------------------
 
 
@@ -316,7 +370,7 @@ def test_probe_command_reuses_cached_features(capsys, toy_encoder, tmp_path):
 
 
 def test_probe_file_names_keep_the_weights_apart():
-    from rcdm_cli.cli.evaluate import probe_stem
+    from rcdm_cli.evaluation.probe import probe_stem
 
     assert probe_stem("dino", None) == "dino"
     assert probe_stem("dino@vitb8", None) == "dino-vitb8"

@@ -158,7 +158,6 @@ app.command("encoders")(encoders_cmd.encoders)
 app.command("encode", no_args_is_help=True)(encoders_cmd.encode)
 app.command("attributes")(attributes_cmd.attributes)
 app.command("attack", no_args_is_help=True)(attack_cmd.attack)
-evaluate_cmd.app.command("attributes", no_args_is_help=True)(attributes_cmd.evaluate_attributes)
 app.add_typer(evaluate_cmd.app, name="evaluate", cls=_Group, epilog=GLOBAL_EPILOG)
 for _typer in (app, evaluate_cmd.app):
     for _info in _typer.registered_commands:

@@ -141,24 +141,17 @@ def encode(
     computed it, and sampling refuses it for a model conditioned on another
     representation; `--checkpoint` computes exactly the one a model needs.
     """
-    import json
-
-    import numpy as np
-    import torch
-
-    from rcdm_cli import __version__
-    from rcdm_cli.checkpoint.hashing import file_sha256
+    from rcdm_cli.cli.console import StepProgress, status
     from rcdm_cli.cli.downloads import download_progress
     from rcdm_cli.devices import resolve_device
-    from rcdm_cli.encoders import get_registry
     from rcdm_cli.errors import UsageError
-    from rcdm_cli.fileio import atomic_path, check_writable
-    from rcdm_cli.inputs import expand_inputs, load_image
+    from rcdm_cli.evaluation.encoding import build_encoder, chosen_layer
+    from rcdm_cli.evaluation.representations import check_output, encode_paths, representation_info, write_representations
+    from rcdm_cli.fileio import check_writable
+    from rcdm_cli.inputs import expand_inputs
     from rcdm_cli.pipeline.runner import RCDMRun
-    from rcdm_cli.tensorfile import save_tensors
 
-    if output.suffix not in (".safetensors", ".npy"):
-        raise UsageError(f"--output must end in .safetensors or .npy, got {output.name}")
+    check_output(output)
     if batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
     if checkpoint is None and encoder is None:
@@ -172,40 +165,16 @@ def encode(
         )
         chosen = run.plan.layer
         check_writable([output], overwrite)
-        model = run.encoder
+        with status(f"loading the encoder {run.plan.encoder}/{chosen}"):
+            model = run.encoder
     else:
-        registry = get_registry()
-        layers, _ = registry.layers(encoder)
-        chosen = layer or registry.get(encoder)[0].spec.default_layer
-        if chosen not in layers:
-            raise UsageError(f"encoder {encoder!r} has no layer {chosen!r}; it has: {', '.join(layers)}")
+        chosen = chosen_layer(encoder, layer)
         check_writable([output], overwrite)
-        model = registry.create(
-            encoder, weights_path=weights, preprocessing=preprocessing or "native", device=device, progress=download_progress()
-        )
-    reps = []
-    for i in range(0, len(paths), batch_size):
-        batch = [load_image(p) for p in paths[i : i + batch_size]]
-        reps.append(model.encode(batch, chosen).cpu())
-    reps_t = torch.cat(reps)
-    info = {
-        "encoder": model.name,
-        "layer": chosen,
-        "weights": model.weights_id,
-        "weights_file": model.weights_file,
-        "weights_sha256": file_sha256(Path(model.weights_file)) if weights is not None and model.weights_file else None,
-        "preprocessing": model.preprocessing.to_dict(),
-        "checkpoint": checkpoint,
-        "images": [str(p) for p in paths],
-        "rcdm_version": __version__,
-    }
-    if output.suffix == ".npy":
-        with atomic_path(output) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, reps_t.numpy())
-    else:
-        save_tensors(output, {"reps": reps_t}, {"rcdm": json.dumps(info)})
-    summary = {"output": str(output), "count": len(paths), "dim": int(reps_t.shape[1]), **info}
+        model = build_encoder(encoder, weights, preprocessing or "native", device, download_progress())
+    with StepProgress(f"encoding {len(paths)} image(s) with {model.name}/{chosen}", len(paths)) as bar:
+        reps = encode_paths(model, chosen, paths, batch_size, lambda done, total: bar.update(done))
+    info = representation_info(model, chosen, paths, weights, checkpoint)
+    write_representations(output, reps, info)
     if json_out:
-        print_json(summary)
-    log.info("wrote %d %d-d representations (%s/%s) to %s", len(paths), reps_t.shape[1], model.name, chosen, output)
+        print_json({"output": str(output), "count": len(paths), "dim": int(reps.shape[1]), **info})
+    log.info("wrote %d %d-d representations (%s/%s) to %s", len(paths), reps.shape[1], model.name, chosen, output)
