@@ -1,9 +1,34 @@
-"""Pieces the sampling commands share: progress rendering around a run, and the
-warning for a model that ignores its conditioning."""
+"""Pieces the sampling commands share: the run each one prepares from its options,
+progress rendering around it, the warning for a model that ignores its
+conditioning, and the line that ends the command."""
 
 from __future__ import annotations
 
-from rcdm_cli.cli.console import StepProgress, log, status
+from pathlib import Path
+
+from rcdm_cli.cli.console import StepProgress, log, settings, status
+
+
+def prepare_run(model, sampling, n: int, *, reps=None, images: bool = True, rep_dim: int | None = None):
+    """The preamble of every sampling command: the checkpoint and encoder resolved,
+    the sampling options made concrete for the model, and the request checked, all
+    from metadata, before any weights load. Returns (run, options, diffusion)."""
+    from rcdm_cli.cli.downloads import download_progress
+    from rcdm_cli.devices import resolve_device
+    from rcdm_cli.pipeline.runner import RCDMRun
+
+    run = RCDMRun.prepare(
+        checkpoint=model.checkpoint, encoder=model.encoder, layer=model.layer, weights=model.weights,
+        preprocessing=model.preprocessing, device=resolve_device(settings.device), images=images, rep_dim=rep_dim,
+        download_progress=download_progress(), weight_set=model.weight_set,
+    )
+    options = run.resolve(sampling.options())
+    return run, options, run.check(reps, n, options)
+
+
+def report_written(what: str, out: Path, seconds: float, manifest: Path) -> None:
+    """The last line of every sampling command: what was written where."""
+    log.info("wrote %s to %s in %.1f s; manifest: %s", what, out, seconds, manifest)
 
 
 def warn_if_ignored(run, reps, options) -> None:

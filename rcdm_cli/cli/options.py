@@ -3,6 +3,12 @@ thing everywhere (sample, interpolate, arith, attack, evaluate)."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
 import typer
 
 from rcdm_cli.cli.completion import complete_checkpoint, complete_encoder, complete_layer
@@ -55,3 +61,103 @@ WEIGHT_SET = typer.Option(
     help="Which weights of a trained run to sample: ema (the moving average; the default) or model (the raw "
     "weights), or a named set such as ema-0.999.", show_default=False,
 )
+
+
+# --- the model and sampling block, added to a command's signature -----------------------
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model a command samples, and the representation that conditions it."""
+
+    checkpoint: Optional[str] = None
+    encoder: Optional[str] = None
+    layer: Optional[str] = None
+    weights: Optional[Path] = None
+    preprocessing: Optional[str] = None
+    weight_set: Optional[str] = None
+
+    @property
+    def names_an_encoder(self) -> bool:
+        """Whether any option of the image encoder was given (meaningless for vectors)."""
+        return any((self.encoder, self.layer, self.weights, self.preprocessing))
+
+
+@dataclass(frozen=True)
+class SamplingChoice:
+    """How a command samples, as typed (``auto`` resolves per model)."""
+
+    sampler: str = "auto"
+    steps: str = "auto"
+    eta: Optional[float] = None
+    seed: int = 0
+    batch_size: int = 16
+    precision: str = "fp32"
+    compile: bool = False
+    guidance: float = 1.0
+
+    def options(self):
+        from rcdm_cli.pipeline.sampling import SamplingOptions
+
+        return SamplingOptions(
+            sampler=self.sampler, steps=self.steps, eta=self.eta, seed=self.seed, batch_size=self.batch_size,
+            precision=self.precision, compile=self.compile, guidance=self.guidance,
+        )
+
+
+# parameter name -> (annotation, option, field of the choice)
+_MODEL_PARAMS = {
+    "checkpoint": (Optional[str], CHECKPOINT, "checkpoint"),
+    "encoder": (Optional[str], ENCODER, "encoder"),
+    "layer": (Optional[str], LAYER, "layer"),
+    "weights": (Optional[Path], WEIGHTS, "weights"),
+    "preprocessing": (Optional[str], PREPROCESSING, "preprocessing"),
+    "weight_set": (Optional[str], WEIGHT_SET, "weight_set"),
+}
+_SAMPLING_PARAMS = {
+    "sampler": (str, SAMPLER, "sampler"),
+    "steps": (str, STEPS, "steps"),
+    "eta": (Optional[float], ETA, "eta"),
+    "seed": (int, SEED, "seed"),
+    "batch_size": (int, BATCH, "batch_size"),
+    "precision": (str, PRECISION, "precision"),
+    "compile_": (bool, COMPILE, "compile"),
+    "guidance": (float, GUIDANCE, "guidance"),
+}
+
+
+def model_and_sampling(command: Callable) -> Callable:
+    """Give ``command`` the model and sampling options every sampling command shares.
+
+    The command declares a ``model`` and a ``sampling`` parameter; Typer sees, in
+    their places, the options they stand for (it reads ``__signature__``), and the
+    command receives them gathered into a :class:`ModelChoice` and a
+    :class:`SamplingChoice`. So each option is declared once, with one name, flag,
+    help and default for every command, and shell completion sees plain options.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    blocks = {"model": _MODEL_PARAMS, "sampling": _SAMPLING_PARAMS}
+    missing = set(blocks) - set(signature.parameters)
+    if missing:
+        raise TypeError(f"{command.__name__} declares no {', '.join(sorted(missing))} parameter")
+    params = []
+    for param in signature.parameters.values():
+        if param.name in blocks:
+            params += [
+                inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+                for name, (annotation, option, _) in blocks[param.name].items()
+            ]
+        else:
+            params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        model = ModelChoice(**{field: kwargs.pop(name) for name, (_, _, field) in _MODEL_PARAMS.items()})
+        sampling = SamplingChoice(**{field: kwargs.pop(name) for name, (_, _, field) in _SAMPLING_PARAMS.items()})
+        return command(model=model, sampling=sampling, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=params)
+    # Typer resolves annotations by name; the gathered parameters are not among them
+    wrapper.__annotations__ = {p.name: p.annotation for p in params if p.annotation is not inspect.Parameter.empty}
+    del wrapper.__wrapped__  # the signature above is the command line's, not the wrapped function's
+    return wrapper
