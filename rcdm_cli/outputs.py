@@ -1,5 +1,6 @@
 """The files a sampling run leaves behind: one PNG per sample, one labelled grid per
-conditioning input, optionally the raw tensors, and a manifest.
+conditioning input, an overview of a run over several inputs, optionally the raw
+tensors, and a manifest.
 
 Paths are planned before any work starts, so that an existing file can be refused
 (without ``--overwrite``) before minutes of sampling are spent.
@@ -17,11 +18,17 @@ from PIL import Image
 from rcdm_cli.imaging import make_grid, save_png, to_pil
 
 
+# The overview shows this many inputs at most: a picture of a million rows would be
+# unreadable, and would need every sample in memory.
+OVERVIEW_INPUTS = 16
+
+
 @dataclass
 class SampleLayout:
     out: Path
     names: list[str]
     n: int
+    overview: bool = False  # also an overview.png of every input's samples
 
     def sample_path(self, j: int, k: int) -> Path:
         return self.out / self.names[j] / f"sample-{k:03d}.png"
@@ -37,12 +44,18 @@ class SampleLayout:
     def tensors_path(self) -> Path:
         return self.out / "samples.safetensors"
 
+    @property
+    def overview_path(self) -> Path | None:
+        return self.out / "overview.png" if self.overview else None
+
     def planned(self, save_tensors: bool) -> Iterator[Path]:
         """Every file the run will write, one at a time (a run may plan millions)."""
         for j in range(len(self.names)):
             yield from (self.sample_path(j, k) for k in range(self.n))
             yield self.grid_path(j)
         yield self.manifest_path
+        if self.overview:
+            yield self.overview_path
         if save_tensors:
             yield self.tensors_path
 
@@ -81,6 +94,35 @@ def write_input(
         labels.append(f"#{k}")
     save_png(make_grid(tiles, labels, columns=min(len(tiles), 9)), layout.grid_path(j))
     return paths, str(layout.grid_path(j))
+
+
+class Overview:
+    """One picture of a run over several inputs, a row per input: the input (labelled
+    with its output name) and its samples, labelled as in its grid. Rows are added as
+    inputs finish; only the first :data:`OVERVIEW_INPUTS` are kept."""
+
+    def __init__(self, path: Path, n: int):
+        self.path, self.n = path, n
+        self.rows: list[tuple[list[Image.Image], list[str]]] = []
+
+    def add(self, name: str, samples: torch.Tensor, conditioning: Image.Image | None = None) -> None:
+        if len(self.rows) >= OVERVIEW_INPUTS:
+            return
+        tiles = [to_pil(samples[k]) for k in range(self.n)]
+        labels = [f"#{k}" for k in range(self.n)]
+        if conditioning is not None:
+            tiles, labels = [conditioning, *tiles], [name, *labels]
+        else:  # vectors: the name goes with the first sample
+            labels[0] = f"{name} #0"
+        self.rows.append((tiles, labels))
+
+    def save(self) -> str:
+        columns = max(len(tiles) for tiles, _ in self.rows)
+        blank = Image.new("RGB", self.rows[0][0][0].size, (255, 255, 255))
+        tiles = [t for row, _ in self.rows for t in row + [blank] * (columns - len(row))]
+        labels = [x for _, row in self.rows for x in row + [""] * (columns - len(row))]
+        save_png(make_grid(tiles, labels, columns=columns), self.path)
+        return str(self.path)
 
 
 def write_samples(

@@ -557,14 +557,14 @@ def test_sampling_in_parts_draws_and_writes_what_one_part_would(capsys, images, 
     """A long list of inputs is read, encoded, sampled and written a few inputs at a
     time (so a million-image batch job holds one part in memory), with the very
     samples, seeds and manifest of a run done in one part."""
-    import rcdm_cli.cli.sample as sample_cmd
+    import rcdm_cli.pipeline.stream as stream
 
     inputs = [*images, *images[:2]]  # five inputs, two sharing a stem with others
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     code, out, err = rcdm(capsys, "sample", *inputs, "-c", random_ckpt, "-n", 2, "-b", 3, *FAST, "-o", whole, "--json")
     assert code == 0, err
     one = json.loads(out)
-    monkeypatch.setattr(sample_cmd, "STREAM_SAMPLES", 4)  # two inputs (of 2 samples) per part: three parts
+    monkeypatch.setattr(stream, "STREAM_SAMPLES", 4)  # two inputs (of 2 samples) per part: three parts
     code, out, err = rcdm(capsys, "sample", *inputs, "-c", random_ckpt, "-n", 2, "-b", 3, *FAST, "-o", parts, "--json")
     assert code == 0, err
     streamed = json.loads(out)
