@@ -77,8 +77,8 @@ def test_absurd_counts_are_refused_before_any_work(capsys, image, tmp_path):
                         "-o", tmp_path / "i")
     assert code == 2 and "--frames must be at most 10,000" in line
     code, line = _error(capsys, "interpolate", image, image, "-c", "init:tiny", "--encoder", "random", "--frames", 9000,
-                        "--rows", 10**6, "-o", tmp_path / "i")
-    assert code == 2 and "--frames 9000 x --rows 1000000 asks for" in line
+                        "-n", 10**6, "-o", tmp_path / "i")
+    assert code == 2 and "--frames 9000 x -n 1000000 asks for" in line
 
 
 def test_offline_names_every_missing_file_at_once(capsys, image, tmp_path, monkeypatch):
