@@ -125,6 +125,9 @@ def test_documented_methods_run_and_stay_in_their_ball(capsys, setup, method, ex
         assert torch.equal(saved, adv)
         for key in ("clean", "adversarial", "perturbation", "grid"):
             assert Path(entry["files"][key]).is_file()
+    # two images: an overview beside their grids, two rows (clean, adversarial) of input and 2 samples each
+    overview = Image.open(manifest["overview"])
+    assert overview.size == (3 * (96 + 2) + 2, 4 * (96 + 14 + 2) + 2)
     # the summary is computed from the recorded predictions
     s, entries = manifest["summary"], manifest["images"]
     assert s["attack_success_rate"] == pytest.approx(np.mean([e["adversarial_label"] != e["clean_label"] for e in entries]))

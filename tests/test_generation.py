@@ -174,6 +174,7 @@ def test_interpolate_command_writes_the_whole_path(capsys, images, random_ckpt, 
     assert strip.width == 6 * (96 + 2) + 2  # A, 4 frames, B
     gif = Image.open(manifest["outputs"]["animation"])
     assert gif.n_frames == 6  # there and back
+    assert manifest["n"] == 2 and "wrote 4 frames x 2 sample(s)" in err
 
 
 def test_same_noise_frames_differ_only_by_representation(images, random_ckpt):
@@ -292,6 +293,39 @@ def test_attribute_transfer_command(capsys, images, random_ckpt, tmp_path):
 
 
 # --- outputs, inputs and failures ------------------------------------------------------------
+
+
+def test_a_run_over_several_inputs_writes_an_overview(capsys, images, random_ckpt, tmp_path):
+    """A row per input, the input then its samples, beside the per-input grids; one
+    input's grid is its own overview."""
+    code, out, err = rcdm(capsys, "sample", *images, "-c", random_ckpt, "-n", 2, *FAST, "-o", tmp_path / "s", "--json")
+    assert code == 0, err
+    manifest = json.loads(out)
+    assert manifest["overview"] == str(tmp_path / "s" / "overview.png")
+    overview = Image.open(manifest["overview"])
+    assert overview.size == (3 * (96 + 2) + 2, 3 * (96 + 14 + 2) + 2)
+    # the first row is the first input's grid (the same tiles and labels)
+    grid = Image.open(manifest["outputs"][0]["grid"])
+    assert np.array_equal(np.asarray(overview)[:96 + 2, 96 + 2:], np.asarray(grid)[:96 + 2, 96 + 2:])
+    assert "wrote 6 sample(s), 3 grid(s) and an overview to" in err
+    code, out, err = rcdm(capsys, "sample", images[0], "-c", random_ckpt, "-n", 1, *FAST, "-o", tmp_path / "one", "--json")
+    assert code == 0 and json.loads(out)["overview"] is None and not (tmp_path / "one" / "overview.png").exists()
+
+
+def test_vectors_from_encode_are_named_after_their_images(capsys, images, random_ckpt, tmp_path):
+    (tmp_path / "b").mkdir()
+    twin = tmp_path / "b" / images[0].name  # a second img0: named as sample names image inputs
+    twin.write_bytes(images[1].read_bytes())
+    reps = tmp_path / "reps.safetensors"
+    assert rcdm(capsys, "encode", images[0], twin, images[2], "-c", random_ckpt, "-o", reps)[0] == 0
+    code, out, err = rcdm(capsys, "sample", "--rep", reps, "-c", random_ckpt, "-n", 1, *FAST, "-o", tmp_path / "s", "--json")
+    assert code == 0, err
+    names = [o["name"] for o in json.loads(out)["outputs"]]
+    assert names == ["img0", "img0-2", "img2"] and (tmp_path / "s" / "img0-2-grid.png").is_file()
+    # vectors without that record keep their numbers
+    np.save(tmp_path / "reps.npy", load_file(str(reps))["reps"].numpy())
+    code, out, err = rcdm(capsys, "sample", "--rep", tmp_path / "reps.npy", "-c", random_ckpt, "-n", 1, *FAST, "-o", tmp_path / "n", "--json")
+    assert code == 0 and [o["name"] for o in json.loads(out)["outputs"]] == ["rep-000", "rep-001", "rep-002"]
 
 
 def test_output_names_never_collide():
