@@ -16,9 +16,18 @@ from rcdm_cli.checkpoint.resolve import released_path
 from rcdm_cli.checkpoint.store import save_checkpoint
 from rcdm_cli.diffusion.config import get_preset
 from rcdm_cli.download_cache import Progress, download
+from rcdm_cli.encoders.encoder import unknown_layer
 from rcdm_cli.errors import RcdmError, UsageError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def installed_layer_dims(encoder: str) -> dict[str, int]:
+    """The widths of an installed encoder's layers, for ``convert_official``'s
+    ``layer_dims``; an unknown encoder is a usage error."""
+    from rcdm_cli.encoders import get_registry
+
+    return {name: layer.dim for name, layer in get_registry().describe(encoder).layers.items()}
 
 
 def _encoder_from_flags(type_model: str | None, use_head: bool | None) -> tuple[str | None, str | None]:
@@ -42,8 +51,8 @@ def convert_official(
 ) -> dict:
     """Load, check and re-save; returns a summary of what was written.
 
-    ``layer_dims(encoder)`` gives the widths of an encoder's layers (the CLI looks them
-    up in the encoder registry): with it, an encoder or layer that does not exist, or
+    ``layer_dims(encoder)`` gives the widths of an encoder's layers
+    (:func:`installed_layer_dims` looks them up among the installed encoders): with it, an encoder or layer that does not exist, or
     whose width is not the file's, is refused here rather than at the first sampling.
     """
     if dtype not in DTYPES:
@@ -90,7 +99,7 @@ def convert_official(
     if encoder is not None and layer_dims is not None:
         dims = layer_dims(encoder)
         if layer not in dims:
-            raise UsageError(f"encoder {encoder!r} has no layer {layer!r}; it has: {', '.join(dims)}")
+            raise unknown_layer(encoder, layer, dims)
         if file_rep is not None and dims[layer] != file_rep:
             raise UsageError(
                 f"{encoder}/{layer} gives {dims[layer]}-d representations, but {path} was trained "

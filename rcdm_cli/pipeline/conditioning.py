@@ -10,7 +10,7 @@ the command line, at the native preprocessing unless told otherwise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -19,8 +19,7 @@ from rcdm_cli.checkpoint.hashing import file_sha256
 from rcdm_cli.checkpoint.metadata import CheckpointMeta
 from rcdm_cli.checkpoint.released import find_released
 from rcdm_cli.download_cache import Progress
-from rcdm_cli.encoders import Encoder, EncoderName, Preprocessing, get_registry
-from rcdm_cli.encoders.registry import resolve_preprocessing
+from rcdm_cli.encoders import Encoder, EncoderName, Preprocessing, ResolvedEncoder, get_registry, resolve_encoder
 from rcdm_cli.errors import UsageError
 
 
@@ -33,11 +32,15 @@ class ConditioningPlan:
     rep_dim: int
     preprocessing: Preprocessing
     weights_path: Path | None = None
+    # what the plan was checked against, kept so that building does not ask the plugin again
+    resolved: ResolvedEncoder | None = field(default=None, repr=False, compare=False)
 
     def build(self, device: torch.device | str = "cpu", progress: Progress | None = None) -> Encoder:
-        return get_registry().create(
-            self.encoder, weights_path=self.weights_path, preprocessing=self.preprocessing, device=device, progress=progress
-        )
+        if self.resolved is None:
+            resolved = resolve_encoder(self.encoder, self.layer, self.weights_path, self.preprocessing)
+        else:
+            resolved = replace(self.resolved, weights_path=self.weights_path)
+        return resolved.build(device, progress=progress)
 
     def describe(self) -> dict:
         return {
@@ -72,7 +75,6 @@ def plan_conditioning(
     weights_path: str | Path | None = None,
     preprocessing: str | None = None,
 ) -> ConditioningPlan:
-    registry = get_registry()
     recorded = meta.encoder
     if preprocessing is not None and preprocessing not in ("native", "rcdm"):
         raise UsageError(f"unknown preprocessing {preprocessing!r}: expected native or rcdm")
@@ -113,40 +115,30 @@ def plan_conditioning(
                 )
         name = recorded.name
         if recorded.weights and not EncoderName.parse(name).variant:
-            if registry.get(name)[0].spec.weight_source(recorded.weights) is None:
+            if get_registry().get(name).spec.weight_source(recorded.weights) is None:
                 raise UsageError(
                     f"the model was trained with {name}'s {recorded.weights!r} weights, which the installed "
                     f"{name} encoder does not provide"
                 )
             name = f"{name}@{recorded.weights}"
-        chosen_layer = recorded.layer
-        chosen_pre = Preprocessing.from_dict(recorded.preprocessing)
+        resolved = resolve_encoder(name, recorded.layer, preprocessing=Preprocessing.from_dict(recorded.preprocessing))
     else:
         if encoder is None:
             raise UsageError(
                 "the model's metadata names no encoder: give --encoder and --layer, or condition on vectors with --rep"
             )
         name = encoder
-        entry, parsed = registry.get(encoder)
-        chosen_layer = layer or entry.spec.default_layer
-        _, native = registry.layers(parsed)
-        source = entry.spec.weight_source(parsed.variant)
-        if source is not None and source.preprocessing is not None:
-            native = source.preprocessing
-        chosen_pre = resolve_preprocessing(preprocessing or "native", native)
+        resolved = resolve_encoder(encoder, layer, preprocessing=preprocessing)
 
-    layers, _ = registry.layers(name)
-    if chosen_layer not in layers:
-        raise UsageError(f"encoder {name!r} has no layer {chosen_layer!r}; it has: {', '.join(layers)}")
-    dim = layers[chosen_layer][0]
+    dim = resolved.dim
     if meta.rep_dim != dim:
         raise UsageError(
-            f"{name}/{chosen_layer} gives {dim}-d representations but the model is conditioned on {meta.rep_dim}-d ones"
+            f"{name}/{resolved.layer} gives {dim}-d representations but the model is conditioned on {meta.rep_dim}-d ones"
         )
     path = Path(weights_path).expanduser() if weights_path is not None else None
     if path is not None and not path.is_file():
         raise UsageError(f"no such weights file: {path}")
-    return ConditioningPlan(name, chosen_layer, dim, chosen_pre, path)
+    return ConditioningPlan(name, resolved.layer, dim, resolved.preprocessing, path, resolved)
 
 
 def check_vectors(meta: CheckpointMeta, info: dict | None, source: str) -> None:

@@ -16,7 +16,7 @@ from PIL import Image
 from rcdm_cli.checkpoint.hashing import file_sha256
 from rcdm_cli.checkpoint.resolve import ResolvedCheckpoint, resolve_checkpoint
 from rcdm_cli.download_cache import Progress
-from rcdm_cli.encoders import Encoder, get_registry
+from rcdm_cli.encoders import Encoder, UnknownLayer, resolve_encoder
 from rcdm_cli.errors import RcdmError
 from rcdm_cli.pipeline.conditioning import ConditioningPlan, default_checkpoint, plan_conditioning
 from rcdm_cli.pipeline.diagnostics import conditioning_effect
@@ -56,10 +56,10 @@ class RCDMRun:
         set's name); the default is the checkpoint's own (its EMA)."""
         spec = checkpoint or default_checkpoint(encoder, layer)
         if images and rep_dim is None and encoder and spec.startswith("init:"):
-            registry = get_registry()
-            layers, _ = registry.layers(encoder)
-            chosen = layer or registry.get(encoder)[0].spec.default_layer
-            rep_dim = layers[chosen][0] if chosen in layers else None
+            try:
+                rep_dim = resolve_encoder(encoder, layer).dim
+            except UnknownLayer:
+                rep_dim = None  # planning the conditioning below refuses the layer, in its own words
         ckpt = resolve_checkpoint(spec, rep_dim=rep_dim, weights=weight_set)
         plan = (
             plan_conditioning(ckpt.meta, encoder=encoder, layer=layer, weights_path=weights, preprocessing=preprocessing)
@@ -160,8 +160,7 @@ def _check_offline_files(spec: str, plan: ConditioningPlan | None) -> None:
         if not path.exists():
             missing.append((entry.url, path))
     if plan is not None and plan.weights_path is None:
-        entry, parsed = get_registry().get(plan.encoder)
-        source = entry.spec.weight_source(parsed.variant)
+        source = (plan.resolved or resolve_encoder(plan.encoder, plan.layer)).source
         if source is not None and source.url and not (encoder_cache_dir() / source.file_name).exists():
             missing.append((source.url, encoder_cache_dir() / source.file_name))
     if len(missing) > 1:
