@@ -287,6 +287,16 @@ def attack_images(
     return AttackOutcome(clean, adversarial, raw_t, clean_pred, adv_pred, raw_pred, perturbation_norms(adversarial - clean))
 
 
+def representations(
+    outcome: AttackOutcome, represent: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean and the adversarial representations, of exactly the saved images."""
+    with torch.no_grad():
+        clean = torch.cat([represent(b).cpu() for b in outcome.clean.split(batch_size)])
+        adversarial = torch.cat([represent(b).cpu() for b in outcome.adversarial.split(batch_size)])
+    return clean, adversarial
+
+
 def _torchattacks_batch(images, labels, spec: AttackSpec, built, batch_seed: int) -> torch.Tensor:
     """torchattacks draws its random starts from the global generator: seed it for
     this batch only, so the run is reproducible and the caller's state untouched."""

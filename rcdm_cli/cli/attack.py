@@ -86,9 +86,7 @@ def attack(
 
     with status(f"attacking {len(paths)} image(s) with {plan.method}"):
         outcome = experiment.attack_images(x, plan, classifier=classifier, represent=represent, batch_size=batch_size, seed=seed)
-    with torch.no_grad():
-        clean_reps = torch.cat([represent(b).cpu() for b in outcome.clean.split(batch_size)])
-        adv_reps = torch.cat([represent(b).cpu() for b in outcome.adversarial.split(batch_size)])
+    clean_reps, adv_reps = experiment.representations(outcome, represent, batch_size)
     similarity = experiment.cosine(clean_reps, adv_reps)
 
     # 3. RCDM from both representations, with the same noise, and what the classifier sees in the samples.
