@@ -38,9 +38,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from rcdm_cli.acceleration import CompiledOrEager, Speed, autocast, emulated_bf16, memory_format
 from rcdm_cli.checkpoint.metadata import CheckpointMeta
 from rcdm_cli.diffusion import PRESETS, GaussianDiffusion, UNet, get_sampler, randn
-from rcdm_cli.pipeline.model import CompiledOrEager, RCDMModel, Speed, autocast, emulated_bf16, memory_format
+from rcdm_cli.pipeline.model import RCDMModel
 from rcdm_cli.training.ema import EMA
 
 TOKENS = {"fp32", "bf16", "fp16", "cl", "compile", "graphs", "fused"}

@@ -48,7 +48,8 @@ from rcdm_cli.pipeline.diagnostics import conditioning_effect
 from rcdm_cli.pipeline.runner import RCDMRun
 from rcdm_cli.pipeline.sampling import SamplingOptions
 from rcdm_cli.training.config import TrainConfig
-from rcdm_cli.training.loop import Reporter, Trainer
+from rcdm_cli.training.loop import Trainer
+from rcdm_cli.training.reporting import Reporter
 
 CPU = torch.device("cpu")
 SOURCE = ("scenes-simclr", "backbone")

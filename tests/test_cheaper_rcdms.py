@@ -21,7 +21,8 @@ from rcdm_cli.pipeline.diagnostics import IGNORED_BELOW_LEVELS, conditioning_eff
 from rcdm_cli.pipeline.model import RCDMModel
 from rcdm_cli.training.config import TrainConfig
 from rcdm_cli.training.ema import EMA
-from rcdm_cli.training.loop import Reporter, Trainer
+from rcdm_cli.training.loop import Trainer
+from rcdm_cli.training.reporting import Reporter
 
 CPU = torch.device("cpu")
 ENCODER = ["--encoder", "scenes-simclr", "--preprocessing", "native", "--workers", "0", "--cache-features"]

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from helpers import rel_err
+from rcdm_cli.acceleration import CompiledOrEager, Speed, autocast
 from rcdm_cli.checkpoint.resolve import resolve_checkpoint
 from rcdm_cli.checkpoint.rundir import RunDir
 from rcdm_cli.checkpoint.store import load_checkpoint
@@ -17,7 +18,7 @@ from rcdm_cli.cli.app import run
 from rcdm_cli.diffusion import PRESETS, UNet
 from rcdm_cli.diffusion.layers import AttentionBlock
 from rcdm_cli.errors import UsageError
-from rcdm_cli.pipeline.model import CompiledOrEager, RCDMModel, Speed, autocast
+from rcdm_cli.pipeline.model import RCDMModel
 from rcdm_cli.pipeline.sampling import SamplingOptions, check_request, sample_representations
 
 # bf16 keeps 8 significant bits (unit roundoff 2^-8 = 0.4%); through the tiny UNet's

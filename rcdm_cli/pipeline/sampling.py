@@ -16,11 +16,12 @@ from typing import Callable
 
 import torch
 
+from rcdm_cli.acceleration import PRECISIONS, Speed, check_precision, exact_float32
 from rcdm_cli.checkpoint.metadata import CheckpointMeta
 from rcdm_cli.diffusion.gaussian import GaussianDiffusion, randn
 from rcdm_cli.diffusion.samplers import get_sampler
 from rcdm_cli.errors import UsageError
-from rcdm_cli.pipeline.model import PRECISIONS, RCDMModel, Speed, check_precision, exact_float32
+from rcdm_cli.pipeline.model import RCDMModel
 from rcdm_cli.seeding import stream_seed
 
 

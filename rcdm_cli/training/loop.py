@@ -17,6 +17,11 @@ Stop signals (SIGTERM, SIGUSR1) are caught from the start of ``run``: during set
 there is nothing new to save; during training it saves and stops. Under torchrun every
 decision to stop, skip or fail is taken jointly, so the processes never disagree about
 which collective comes next.
+
+The trainer's other jobs have modules of their own: what it tells its caller
+(``reporting``), the stop signals (``signals``), its checkpoints and resuming
+(``run_state``), the preview grids (``previews``), the network's fast paths
+(:mod:`rcdm_cli.acceleration`).
 """
 
 from __future__ import annotations
@@ -24,43 +29,35 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
-import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from PIL import Image
 from torch import nn
 
-from rcdm_cli import __version__
+from rcdm_cli.acceleration import CompiledOrEager, autocast, check_precision, memory_format, warn_if_emulated
 from rcdm_cli.checkpoint.hashing import file_sha256
-from rcdm_cli.checkpoint.metadata import CheckpointMeta, EncoderInfo
+from rcdm_cli.checkpoint.metadata import EncoderInfo
 from rcdm_cli.checkpoint.rundir import RunDir
-from rcdm_cli.checkpoint.store import load_checkpoint, read_meta
 from rcdm_cli.diffusion.gaussian import GaussianDiffusion
 from rcdm_cli.diffusion.timestep_samplers import create_timestep_sampler
 from rcdm_cli.diffusion.unet import UNet, count_parameters
 from rcdm_cli.encoders import Encoder, get_registry
 from rcdm_cli.encoders.registry import EncoderName
 from rcdm_cli.errors import RcdmError, UsageError
-from rcdm_cli.fileio import write_json
-from rcdm_cli.imaging import make_grid, save_png, to_pil
-from rcdm_cli.pipeline.diagnostics import conditioning_effect, ignores_conditioning
-from rcdm_cli.pipeline.model import CompiledOrEager, RCDMModel, autocast, emulated_bf16, memory_format
-from rcdm_cli.pipeline.sampling import SamplingOptions, sample_representations
 from rcdm_cli.preprocessing import RCDM, Preprocessing
 from rcdm_cli.seeding import stream_seed
 from rcdm_cli.training import distributed as dist_util
 from rcdm_cli.training.config import TrainConfig
 from rcdm_cli.training.data import (
-    REPLACEMENT_TRIES, StepBatches, TrainingImages, Views, collate, ignore_stop_signals, make_views, scan_images,
-    start_loader,
+    REPLACEMENT_TRIES, StepBatches, TrainingImages, Views, collate, ignore_stop_signals, scan_images, start_loader,
 )
 from rcdm_cli.training.ema import EMA
 from rcdm_cli.training.features import Stopped, load_or_compute
+from rcdm_cli.training.previews import Previews
+from rcdm_cli.training.reporting import Reporter, TrainSummary
+from rcdm_cli.training.run_state import RunState
+from rcdm_cli.training.signals import StopSignals
 from rcdm_cli.training.warmstart import (
     Parent, conditioning_path, drop_frozen_gradients, load_parent, resolve_parent, set_trainable,
 )
@@ -75,41 +72,6 @@ COND_DROP = 5  # which samples train the null representation (--cond-drop)
 MAX_EMPTY_BATCHES = 10
 
 
-class Reporter:
-    """What the loop tells its caller; the CLI renders it. All methods are optional.
-    Under torchrun only rank 0 reports."""
-
-    def event(self, message: str) -> None: ...
-
-    def step(self, step: int, total: int, loss: float, images_per_second: float) -> None:
-        """``loss`` is the mean over the steps of the current --log-every window so far."""
-
-    def log(self, record: dict[str, Any]) -> None: ...
-
-    def warning(self, message: str) -> None:
-        """Something the user should act on (a model that ignores its conditioning)."""
-        self.event(message)
-
-    def progress(self, task: str, done: int, total: int) -> None:
-        """Work before training (encoding images for the feature cache): done of total."""
-
-
-@dataclass
-class TrainSummary:
-    run_dir: str
-    step: int
-    stopped_by_signal: bool
-    stopped_before_training: bool
-    unreadable_at_scan: int  # files whose header could not be read: left out of the run
-    unreadable_in_training: int  # distinct files that failed to decode later: replaced
-    last_checkpoint: str | None
-    seconds: float
-    # the mean training loss over the run's last steps (a --log-every window, or fewer
-    # at the end of a stopped run), and how many steps that mean covers
-    final_loss: float | None = None
-    final_loss_steps: int = 0
-
-
 def encoder_preprocessing(choice: str, native: Preprocessing) -> Preprocessing:
     """The encoder view used in training: always the image's central square (so the
     diffusion target and the encoder see the same region), at the encoder's size,
@@ -122,39 +84,11 @@ def encoder_preprocessing(choice: str, native: Preprocessing) -> Preprocessing:
     )
 
 
-class _StopSignals:
-    """SIGTERM and SIGUSR1 (what batch schedulers send before preemption) ask the run
-    to stop (and to save, once training has started); the handlers are restored
-    afterwards. A fresh instance that was never entered catches nothing."""
-
-    SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if s is not None)
-
-    def __init__(self):
-        self.requested: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self):
-        for sig in self.SIGNALS:
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: signals cannot be handled here
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-
 def _resolved(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve()) if path else path
 
 
-class Trainer:
+class Trainer(RunState, Previews):
     """One training run. Everything that can fail on user input (the options, the data
     folder, the encoder, the run folder, the checkpoint to resume) fails in the
     constructor, before any slow work.
@@ -179,19 +113,15 @@ class Trainer:
             config, data=_resolved(config.data), out=_resolved(config.out), weights=_resolved(config.weights)
         )
         self.resume = resume
-        self.signals = _StopSignals()
+        self.signals = StopSignals()
         self.notes: list[str] = []
         self.step = 0
         self._last_logged: tuple[float | None, int] = (None, 0)  # (mean loss, steps) of the last metrics record
         self.samples_seen = 0  # the data position: global batches consumed x global batch
         self.failed: set[int] = set()  # indices of images that failed to decode in training
         self.device = device
-        if config.precision == "fp16" and self.device.type != "cuda":
-            raise UsageError("--precision fp16 needs a CUDA device; use bf16 on this machine")
-        if config.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise UsageError("this GPU has no bfloat16 support; use --precision fp16 (autocast with loss scaling)")
-        if config.precision == "bf16" and emulated_bf16(self.device):
-            log.warning("this CPU has no native bfloat16: --precision bf16 will be much slower than fp32")
+        check_precision(config.precision, self.device, training=True)
+        warn_if_emulated(config.precision, self.device)
         self.run_dir = RunDir(config.out)
         if resume:
             if self.run_dir.latest() is None:
@@ -247,60 +177,6 @@ class Trainer:
     def reporter(self, reporter: Reporter | None) -> None:
         """Only rank 0 reports: W copies of every line say nothing more."""
         self._reporter = reporter if reporter is not None and self.world.is_main else Reporter()
-
-    # --- resuming: what the checkpoint's metadata can refuse before any slow work -------------
-
-    def _check_resumable(self) -> None:
-        cfg = self.config
-        step, step_dir = self._resume_from
-        meta = read_meta(step_dir / "model.safetensors")
-        if meta.unet != self.unet_config:
-            raise RcdmError(f"{step_dir} was saved with a different architecture than this configuration")
-        if meta.encoder is not None:
-            differences = self._encoder_differences(meta.encoder)
-            if differences:
-                raise RcdmError(
-                    f"{step_dir} was trained with another encoder input: {'; '.join(differences)}; "
-                    "resume with the run's encoder, weights file and preprocessing"
-                )
-        if step > cfg.steps:
-            raise UsageError(f"{cfg.out} is already at step {step}: --steps {cfg.steps} would end it earlier; give more steps, or leave --steps out")
-        self.step = step
-        self._keep_global_batch()
-
-    def _encoder_differences(self, saved: EncoderInfo) -> list[str]:
-        now = self.encoder_info
-        labels = {"name": "encoder", "layer": "layer", "weights": "weights", "weights_sha256": "weights file (sha256)"}
-        found = [
-            f"{label} {getattr(saved, key)} (now {getattr(now, key)})"
-            for key, label in labels.items()
-            if getattr(saved, key) != getattr(now, key)
-        ]
-        if saved.preprocessing != now.preprocessing:
-            found.append(f"preprocessing {saved.preprocessing.get('name')} (now {now.preprocessing.get('name')})")
-        return found
-
-    def _keep_global_batch(self) -> None:
-        """The per-process batch of a resumed run, from its saved global batch: a
-        different process count must not change what a step is."""
-        cfg = self.config
-        saved = self.run_dir.read_config()
-        global_batch = int(saved.get("global_batch") or saved["config"]["batch_size"] * saved.get("world_size", 1))
-        processes = self.world.size
-        if global_batch % processes:
-            raise UsageError(
-                f"the run's global batch of {global_batch} images does not split evenly over {processes} processes; "
-                f"resume it on a number of processes that divides {global_batch}"
-            )
-        per_process = global_batch // processes
-        if cfg.microbatch and per_process % cfg.microbatch:
-            raise UsageError(
-                f"--microbatch {cfg.microbatch} does not divide the {per_process} images per process of this run "
-                f"on {processes} process(es); pass a --microbatch that divides {per_process}"
-            )
-        if per_process != cfg.batch_size:
-            self.config = dataclasses.replace(cfg, batch_size=per_process)
-            self.notes.append(f"keeping the run's global batch of {global_batch}: {per_process} images on each of {processes} process(es)")
 
     # --- setup ------------------------------------------------------------------------
 
@@ -419,47 +295,6 @@ class Trainer:
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
 
-    def _restore(self) -> None:
-        step, step_dir = self._resume_from
-        meta, weights = load_checkpoint(step_dir / "model.safetensors", weights="model", device=self.device)
-        self.model.load_state_dict(weights, strict=True)
-        sets = {name: load_checkpoint(step_dir / "model.safetensors", weights=name)[1] for name in meta.weight_sets if name != "model"}
-        try:
-            self.ema.load(sets)
-        except KeyError as exc:
-            raise RcdmError(f"{step_dir} has no EMA weights {exc.args[0]}; resume with the run's --ema rates") from None
-        state = self.run_dir.load_state(step_dir)
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.timesteps.load_state_dict(state.get("timestep_sampler", {}))
-        self.step = int(state["step"])
-        self.samples_seen = int(state["samples_seen"])
-        index = {str(p): i for i, p in enumerate(self.paths)}
-        self.failed = {index[name] for name in state.get("unreadable_in_training", []) if name in index}
-        if self.world.is_main:
-            self.run_dir.remove_stale_temporaries()
-            self.run_dir.truncate_metrics(self.step)
-        self.reporter.event(f"resuming {self.config.out} at step {self.step}")
-
-    def _start_folder(self) -> None:
-        """config.json, written by rank 0 once setup has succeeded; a fresh run first
-        clears what an earlier attempt left (metrics, previews, checkpoints)."""
-        cfg = self.config
-        if not self.world.is_main:
-            return
-        if not self.resume:
-            self.run_dir.reset()
-        self.run_dir.root.mkdir(parents=True, exist_ok=True)
-        write_json(self.run_dir.config_path, {
-            "config": cfg.to_dict(), "rcdm_version": __version__, "world_size": self.world.size,
-            "global_batch": cfg.batch_size * self.world.size,
-            "images": len(self.paths), "unreadable_images": [str(p) for p in self.unreadable],
-            "unet": self.unet_config.to_dict(), "diffusion": self.diffusion_config.to_dict(),
-            "parameters": count_parameters(self.model), "encoder_preprocessing": self.preprocessing.to_dict(),
-            "parent": self.parent_record,
-        })
-
     # --- one step -----------------------------------------------------------------------
 
     def _noise_and_timesteps(self, global_positions: list[int], shape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -536,129 +371,6 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.model, self.step if cfg.ema_warmup else None)
         return {"loss": stats[0], "mse": stats[1], "vb": stats[2], "grad_norm": stats[3]}
-
-    def _non_finite(self, what: str, step: int) -> RcdmError:
-        previous = self.run_dir.latest()
-        kept = f"; the last good checkpoint is {previous[1]}" if previous else "; no checkpoint was saved yet"
-        return RcdmError(
-            f"the {what} became NaN or infinite at step {step}; training stopped{kept} (try a lower --lr, or --precision fp32)"
-        )
-
-    # --- saving and previews ------------------------------------------------------------------
-
-    def _meta(self) -> CheckpointMeta:
-        sets = ("model", *self.ema.state().keys())
-        return CheckpointMeta(
-            unet=self.unet_config,
-            diffusion=self.diffusion_config,
-            encoder=self.encoder_info,
-            step=self.step,
-            source={
-                "kind": "trained", "run": self.config.out, "data": self.config.data,
-                **({"parent": self.parent_record} if self.parent_record else {}),
-            },
-            weight_sets=sets,
-            default_weights=sets[1],
-        )
-
-    def _fingerprints(self) -> list[float]:
-        """One number per process summarising its weights: DDP keeps the processes'
-        copies identical, and a divergence (a bug, a faulty device) must not go unseen.
-        The sum is finite exactly when every weight is, so it also keeps NaN or
-        infinite weights out of a checkpoint that would count as good."""
-        with torch.no_grad():
-            local = torch.stack([p.double().sum() * (i % 7 + 1) for i, p in enumerate(self.model.parameters())]).sum()
-        gathered = dist_util.all_gather_cat(local.reshape(1).to(self.device), self.world)
-        values = [float(v) for v in gathered.cpu()]
-        if not all(math.isfinite(v) for v in values):
-            raise self._non_finite("weights", self.step)
-        if any(v != values[0] for v in values):
-            raise RcdmError(f"the processes' weights diverged at step {self.step} (fingerprints {values})")
-        return values
-
-    def _save(self) -> Path | None:
-        path = None
-        fingerprints = self._fingerprints()
-        if self.world.is_main:
-            state = {
-                "step": self.step,
-                "samples_seen": self.samples_seen,
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler else None,
-                "timestep_sampler": self.timesteps.state_dict(),
-                "unreadable_in_training": sorted(str(self.paths[i]) for i in self.failed),
-                "world_size": self.world.size,
-                "weight_fingerprints": fingerprints,
-                "rcdm_version": __version__,
-            }
-            weights = {"model": self.model.state_dict(), **self.ema.state()}
-            path = self.run_dir.save(self.step, weights, self._meta(), state, keep=self.config.keep)
-            self.reporter.event(f"saved {path}")
-        dist_util.barrier(self.world)
-        return path
-
-    def _choose_previews(self) -> None:
-        """The conditioning images of the previews: the first files (in sorted order)
-        that decode, chosen before any slow work; no decodable image at all is an error
-        here, on every process."""
-        cfg = self.config
-        self.preview_inputs, self.preview_views = [], []
-        if self.world.is_main:
-            for p in self.paths:
-                if len(self.preview_views) == cfg.preview_images:
-                    break
-                try:
-                    with Image.open(p) as im:
-                        im.load()
-                        target, enc_view = make_views(im, self.views, None, False)
-                except Exception:  # noqa: BLE001 - an undecodable file is not a preview
-                    continue
-                self.preview_inputs.append(to_pil(target))
-                self.preview_views.append(enc_view)
-        if dist_util.any_true(self.world.is_main and not self.preview_views, self.world, self.device):
-            raise RcdmError(f"none of the {len(self.paths)} images under {cfg.data} could be decoded")
-
-    def _encode_previews(self) -> None:
-        if self.world.is_main:
-            with torch.no_grad():
-                self.preview_reps = self.encoder(torch.stack(self.preview_views).to(self.device), self.layer).float().cpu()
-
-    def _preview(self) -> Path:
-        cfg = self.config
-        rate = self.ema.rates[0]
-        with torch.device("meta"):
-            unet = UNet(self.unet_config)
-        unet.load_state_dict(self.ema.shadows[rate], assign=True)
-        unet.eval().requires_grad_(False)
-        model = RCDMModel(unet, self._meta(), self.device)
-        options = SamplingOptions(sampler="ddim", steps=cfg.preview_steps, seed=cfg.seed, batch_size=max(1, cfg.batch_size))
-        samples = sample_representations(model, self.preview_reps, cfg.preview_samples, options).samples
-        effect = conditioning_effect(model, self.preview_reps, seed=cfg.seed)
-        if ignores_conditioning(effect):
-            self.reporter.warning(
-                f"preview at step {self.step}: the model ignores its conditioning so far (its image changes by "
-                f"{effect:.2f} grey levels between representations); {self._why_ignored()}"
-            )
-        tiles, labels = [], []
-        for j, cond in enumerate(self.preview_inputs):
-            tiles.append(cond)
-            labels.append("input")
-            for k in range(cfg.preview_samples):
-                tiles.append(to_pil(samples[j, k]))
-                labels.append(f"#{k}")
-        path = self.run_dir.previews / f"step-{self.step:07d}.png"
-        save_png(make_grid(tiles, labels, columns=cfg.preview_samples + 1), path)
-        self.reporter.event(f"preview: {path}")
-        return path
-
-    def _why_ignored(self) -> str:
-        rate = self.ema.rates[0]
-        if not self.config.ema_warmup and self.step < 1 / (1 - rate):
-            return (
-                f"the EMA at rate {rate:g} without warm-up still holds mostly the initial weights after {self.step} steps; "
-                "train longer, or sample the raw weights with --weights-set model"
-            )
-        return "train longer, or check that the representations of the training images differ"
 
     # --- the loop ---------------------------------------------------------------------------
 
