@@ -730,3 +730,91 @@ def test_a_full_disk_during_torch_save_is_named_and_the_previous_checkpoint_kept
     assert code == 1 and "internal error" not in line
     assert "could not save the checkpoint of step 6: writing state.pt failed with" in line and "MiB free" in line
     assert "step-0000003) is intact" in line
+
+
+# --- the command line's options as a run's configuration --------------------------------------------
+
+
+def _saved_run(tmp_path: Path) -> Path:
+    """A run folder holding only the configuration --resume reads."""
+    run = tmp_path / "run"
+    run.mkdir()
+    config = TrainConfig(data=str(tmp_path / "data"), out=str(run), encoder="random", preset="tiny", batch_size=4, lr=1e-3)
+    (run / "config.json").write_text(json.dumps({"config": config.to_dict()}))
+    return run
+
+
+def test_a_resumed_run_keeps_its_settings_and_takes_only_the_options_that_may_change(tmp_path):
+    from rcdm_cli.training.config import resumed_config
+
+    run = _saved_run(tmp_path)
+    merged = resumed_config(run, {"steps": 50, "lr": 1e-3, "workers": 2}, {"steps", "lr"})
+    assert (merged.steps, merged.lr, merged.workers, merged.batch_size) == (50, 1e-3, 4, 4)  # workers was not given
+    assert merged.out == str(run) and merged.encoder == "random" and merged.data == str(tmp_path / "data")
+    with pytest.raises(UsageError) as refused:
+        resumed_config(run, {"lr": 5.0, "precision": "bf16", "steps": 9}, {"lr", "precision", "steps"})
+    assert "--lr 5 (the run's: 0.001)" in str(refused.value) and "--precision bf16 (the run's: fp32)" in str(refused.value)
+    with pytest.raises(UsageError, match="leave DATA out"):
+        resumed_config(run, {}, set(), data=tmp_path / "other")
+    with pytest.raises(UsageError, match="leave --out out"):
+        resumed_config(run, {}, set(), out=tmp_path / "elsewhere")
+    assert resumed_config(run, {}, set(), data=tmp_path / "data", out=run).steps == 500_000
+
+
+def test_options_become_a_new_run_with_the_presets_suggestions(tmp_path):
+    from rcdm_cli.training.config import config_from_options, preset_training
+
+    options = dict(encoder="random", weights=None, ema=(0.5,), preset=None, flags=None, batch_size=None, lr=None)
+    config = config_from_options(options, set(), data=tmp_path, out=tmp_path / "run")
+    suggested = preset_training("rcdm-128")
+    assert config.preset == "rcdm-128" and config.ema == [0.5] and config.out == str(tmp_path / "run")
+    assert (config.batch_size, config.lr) == (suggested.get("batch_size", 8), suggested.get("lr", 1e-4))
+    given = config_from_options({**options, "batch_size": 3, "lr": 2e-3}, {"batch_size", "lr"}, data=tmp_path, out=tmp_path)
+    assert (given.batch_size, given.lr) == (3, 2e-3)
+    with pytest.raises(UsageError, match="give DATA, --encoder and --out"):
+        config_from_options(options, set(), data=tmp_path)
+    with pytest.raises(UsageError, match="cannot be combined with --resume"):
+        config_from_options(options, set(), resume=_saved_run(tmp_path), overwrite=True)
+
+
+# --- what the run tells its caller ------------------------------------------------------------------
+
+
+def test_previews_say_that_they_are_sampled_and_how_far_they_are(shapes, tmp_path):
+    from rcdm_cli.training.reporting import Reporter
+
+    class Recorder(Reporter):
+        def __init__(self):
+            self.events, self.progresses = [], []
+
+        def event(self, message):
+            self.events.append(message)
+
+        def progress(self, task, done, total):
+            self.progresses.append((task, done, total))
+
+    recorder = Recorder()
+    config = TrainConfig(
+        data=str(shapes), out=str(tmp_path / "run"), encoder="random", preset="tiny", workers=0, cache_features=True,
+        lr=1e-3, batch_size=4, steps=1, save_every=1, sample_every=1, preview_images=2, preview_samples=2,
+    )
+    Trainer(config, CPU, reporter=recorder).run()
+    assert "step 1: sampling 4 preview images (DDIM, ddim25)" in recorder.events
+    previews = [(done, total) for task, done, total in recorder.progresses if task == "sampling the previews of step 1"]
+    assert previews == [(k, 25) for k in range(1, 26)]  # one batch of four: the 25 DDIM steps
+
+
+def test_the_command_shows_the_previews_progress_and_what_it_wrote(capsys, shapes, tmp_path):
+    out = tmp_path / "run"
+    code, _, err = rcdm(
+        capsys, "train", shapes, *COMMON, "--batch-size", 4, "--steps", 1, "--save-every", 1, "--sample-every", 1, "--out", out,
+    )
+    assert code == 0, err
+    assert "rcdm: step 1: sampling 16 preview images (DDIM, ddim25)" in err
+    assert "rcdm: sampling the previews of step 1: 100/100" in err  # four batches of four, 25 steps each
+    written, last = err.strip().splitlines()[-2:]
+    assert last.startswith("rcdm: finished at step 1") and "latest checkpoint: " in last
+    assert written == (
+        f"rcdm: written in {out.resolve()}: config.json, metrics.jsonl, 1 checkpoint(s) in checkpoints/ "
+        "(latest step-0000001), 1 preview grid(s) in previews/ (latest step-0000001.png)"
+    )

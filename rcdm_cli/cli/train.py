@@ -4,29 +4,21 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import typer
 
 from rcdm_cli.cli.completion import complete_checkpoint, complete_encoder, complete_layer, complete_preset
 from rcdm_cli.cli.console import StepProgress, log, print_json, settings, setup_logging
-from rcdm_cli.errors import UsageError
 from rcdm_cli.folderlock import claim
 
-# Options that decide what the run computes: --resume refuses a value that differs
-# from the run's. Every other option (the length of the run, how often it saves, logs
-# and previews, data loading, memory and speed settings) may change on resume.
-RESULT_OPTIONS = {
-    "encoder": "--encoder", "layer": "--layer", "weights": "--weights", "preprocessing": "--preprocessing",
-    "preset": "--preset", "flags": "--flags", "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
-    "ema": "--ema", "seed": "--seed", "precision": "--precision", "schedule_sampler": "--schedule-sampler",
-    "random_crop": "--random-crop", "random_flip": "--random-flip", "init": "--init", "cond_drop": "--cond-drop",
-    "conditioning_only": "--conditioning-only", "conditioning_layers": "--conditioning-layers",
-}
-OVERRIDABLE = (
-    "steps", "save_every", "log_every", "sample_every", "workers", "keep", "microbatch",
-    "activation_checkpointing", "compile", "channels_last", "cache_features",
-)
+# The command's parameters that are not fields of the run's configuration.
+NOT_CONFIG = {"data", "out", "resume", "overwrite", "json_out"}
+
+
+def _field(parameter: str) -> str:
+    """The configuration field of a parameter (``compile_`` avoids the builtin)."""
+    return parameter.rstrip("_")
 
 
 class _CLIReporter:
@@ -58,6 +50,12 @@ class _CLIReporter:
         )
 
     def progress(self, task: str, done: int, total: int) -> None:
+        """Work outside the steps (the feature cache, the previews): on a terminal in
+        the bar's description, in batch logs a line at most every ``interval`` seconds
+        and one at the end."""
+        if self.bar._bar is not None:
+            self.bar.update(self.bar.done, f"{task}: {done}/{total}")
+            return
         now = time.monotonic()
         if now - self._last_progress >= self.interval or done >= total:
             self._last_progress = now
@@ -69,58 +67,6 @@ def _given(ctx: typer.Context, name: str) -> bool:
     rather than left at its default."""
     source = ctx.get_parameter_source(name)
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
-
-
-def _same_path(a: str | Path | None, b: str | Path | None) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
-
-
-def _resumed_config(ctx: typer.Context, resume: Path, data: Optional[Path], out: Optional[Path], values: dict[str, Any]):
-    """The saved run's configuration, with the options that may change applied. Any
-    option that would change what the run computes and differs from the run's is
-    refused, all of them named in one line."""
-    from rcdm_cli.checkpoint.rundir import RunDir
-    from rcdm_cli.encoders import get_registry
-    from rcdm_cli.training.config import TrainConfig
-
-    saved = TrainConfig.from_dict(RunDir(resume).read_config()["config"])
-    if data is not None and not _same_path(data, saved.data):
-        raise UsageError(f"--resume continues the run on {saved.data}; leave DATA out")
-    if out is not None and not _same_path(out, resume):
-        raise UsageError("--resume RUN_DIR continues the run in RUN_DIR; leave --out out")
-    conflicts = []
-    for name, flag in RESULT_OPTIONS.items():
-        if not _given(ctx, name):
-            continue
-        given, theirs = values[name], getattr(saved, name)
-        if name == "weights":
-            same = _same_path(given, theirs)
-        elif name == "layer" and theirs is None:
-            same = given == get_registry().get(saved.encoder)[0].spec.default_layer
-        else:
-            same = given == theirs
-        if not same:
-            conflicts.append(f"{flag} {_show(given)} (the run's: {_show(theirs)})")
-    if conflicts:
-        raise UsageError(
-            f"--resume continues {resume} with its own settings, and these options differ: {', '.join(conflicts)}; "
-            "drop them, or start a new run in another --out"
-        )
-    for name in OVERRIDABLE:
-        if _given(ctx, "compile_" if name == "compile" else name):
-            setattr(saved, name, values[name])
-    saved.out = str(resume)
-    return saved
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, list):
-        return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def train(
@@ -168,40 +114,24 @@ def train(
     options that would change what the run computes are refused.
     """
     from rcdm_cli.devices import resolve_device
-    from rcdm_cli.training.config import TrainConfig, preset_training
+    from rcdm_cli.training.config import config_from_options
     from rcdm_cli.training.distributed import from_environment
     from rcdm_cli.training.loop import Trainer
 
-    if not from_environment().is_main:  # under torchrun only rank 0 talks; errors still show
+    main = from_environment().is_main
+    if not main:  # under torchrun only rank 0 talks; errors still show
         settings.quiet = True
         setup_logging(settings.debug, True)
-    preset = preset if preset or flags else "rcdm-128"
-    suggested = preset_training(preset)
-    values = dict(
-        encoder=encoder, layer=layer, weights=str(weights) if weights else None, preprocessing=preprocessing,
-        preset=preset, flags=flags, batch_size=batch_size if batch_size is not None else suggested.get("batch_size", 8),
-        microbatch=microbatch, lr=lr if lr is not None else suggested.get("lr", 1e-4), weight_decay=weight_decay, ema=list(ema),
-        init=init, conditioning_only=conditioning_only, conditioning_layers=conditioning_layers, cond_drop=cond_drop,
-        steps=steps, save_every=save_every, log_every=log_every, sample_every=sample_every, seed=seed, workers=workers,
-        precision=precision, schedule_sampler=schedule_sampler, random_crop=random_crop, random_flip=random_flip,
-        cache_features=cache_features, keep=keep, activation_checkpointing=activation_checkpointing,
-        compile=compile_, channels_last=channels_last,
-    )
-    if resume is not None:
-        if overwrite:
-            raise UsageError("--overwrite starts a new run; it cannot be combined with --resume")
-        config = _resumed_config(ctx, resume, data, out, values)
-    else:
-        if data is None or encoder is None or out is None:
-            raise UsageError("give DATA, --encoder and --out (or --resume RUN_DIR)")
-        config = TrainConfig(data=str(data), out=str(out), **values)
-    if from_environment().is_main:  # one run per folder; torchrun's other ranks write through rank 0's claim
+    options = {_field(name): value for name, value in ctx.params.items() if name not in NOT_CONFIG}
+    given = {_field(name) for name in ctx.params if _given(ctx, name)}
+    config = config_from_options(options, given, data=data, out=out, resume=resume, overwrite=overwrite)
+    if main:  # one run per folder; torchrun's other ranks write through rank 0's claim
         claim(config.out, "train")
     trainer = Trainer(config, resolve_device(settings.device), resume=resume is not None, overwrite=overwrite)
     with StepProgress("training", trainer.config.steps) as bar:
         trainer.reporter = _CLIReporter(bar)
         summary = trainer.run()
-    if trainer.world.is_main:
+    if main:
         _report(summary)
         if json_out:
             print_json(summary.__dict__)
@@ -222,8 +152,25 @@ def _report(summary) -> None:
         f", mean loss {summary.final_loss:.4f} over the last {summary.final_loss_steps} step(s)"
         if summary.final_loss is not None else ""
     )
+    log.info("%s", _written(summary.run_dir))
     log.info(
         "%s at step %d in %.0f s%s%s; latest checkpoint: %s",
         "stopped" if summary.stopped_by_signal else "finished", summary.step, summary.seconds, loss, unreadable,
         summary.last_checkpoint,
     )
+
+
+def _written(run_dir: str) -> str:
+    """What the run folder holds now, so that the user knows where to look; just
+    before the last line, which says how the run ended and names its latest checkpoint."""
+    from rcdm_cli.checkpoint.rundir import RunDir
+
+    run = RunDir(run_dir)
+    held = [name for name in ("config.json", "metrics.jsonl") if (run.root / name).is_file()]
+    checkpoints = run.complete_checkpoints()
+    if checkpoints:
+        held.append(f"{len(checkpoints)} checkpoint(s) in checkpoints/ (latest {checkpoints[-1][1].name})")
+    previews = sorted(run.previews.glob("step-*.png")) if run.previews.is_dir() else []
+    if previews:
+        held.append(f"{len(previews)} preview grid(s) in previews/ (latest {previews[-1].name})")
+    return f"written in {run.root.resolve()}: {', '.join(held)}"

@@ -1,18 +1,24 @@
-"""Everything a training run is: written to ``config.json`` and read back by --resume."""
+"""Everything a training run is: written to ``config.json`` and read back by --resume.
+
+Also how the command line's options become a run's configuration: a new run's
+(with its preset's suggested learning rate and batch), or a resumed run's saved one
+with the options that may change applied.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Collection
 
+from rcdm_cli.acceleration import check_precision
 from rcdm_cli.checkpoint.flags import parse_official_flags
 from rcdm_cli.diffusion.config import DiffusionConfig, UNetConfig, get_preset
 from rcdm_cli.diffusion.timestep_samplers import TIMESTEP_SAMPLERS
 from rcdm_cli.errors import UsageError
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 # What --conditioning-only trains: the representation's projection (and the null
 # representation), or also the timestep embedding and every block's embedding layer.
 CONDITIONING_LAYERS = ("projection", "embeddings")
@@ -87,8 +93,7 @@ class TrainConfig:
             raise UsageError(f"--ema rates must lie in (0, 1), got {self.ema}")
         if len(set(self.ema)) != len(self.ema):
             raise UsageError("--ema rates must be distinct")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision)
         if self.schedule_sampler not in TIMESTEP_SAMPLERS:
             raise UsageError(f"--schedule-sampler must be one of {', '.join(TIMESTEP_SAMPLERS)}")
         if self.preprocessing not in ("rcdm", "native"):
@@ -142,3 +147,111 @@ class TrainConfig:
         values = {k: v for k, v in data.items() if k in known}
         values.setdefault("ema_warmup", False)  # saved before warm-up existed: resumes as it ran
         return cls(**values)
+
+
+# --- from the command line -----------------------------------------------------------
+
+# Options that decide what the run computes: --resume refuses a value that differs
+# from the run's. Every other option (the length of the run, how often it saves, logs
+# and previews, data loading, memory and speed settings) may change on resume.
+RESULT_OPTIONS = {
+    "encoder": "--encoder", "layer": "--layer", "weights": "--weights", "preprocessing": "--preprocessing",
+    "preset": "--preset", "flags": "--flags", "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
+    "ema": "--ema", "seed": "--seed", "precision": "--precision", "schedule_sampler": "--schedule-sampler",
+    "random_crop": "--random-crop", "random_flip": "--random-flip", "init": "--init", "cond_drop": "--cond-drop",
+    "conditioning_only": "--conditioning-only", "conditioning_layers": "--conditioning-layers",
+}
+OVERRIDABLE = (
+    "steps", "save_every", "log_every", "sample_every", "workers", "keep", "microbatch",
+    "activation_checkpointing", "compile", "channels_last", "cache_features",
+)
+
+
+def config_from_options(
+    options: dict[str, Any],
+    given: Collection[str],
+    *,
+    data: str | Path | None = None,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    overwrite: bool = False,
+) -> TrainConfig:
+    """The run that ``rcdm train`` asks for. ``options`` holds a value (the default
+    where not given) for every field of :class:`TrainConfig` but ``data`` and ``out``;
+    ``batch_size``, ``lr`` and ``preset`` may be None, for the preset's suggestion.
+    ``given`` names the options the user gave, which --resume compares with the
+    run's."""
+    weights = str(options["weights"]) if options.get("weights") else None
+    values = {**options, "weights": weights, "ema": list(options["ema"])}
+    values["preset"] = values["preset"] if values["preset"] or values["flags"] else "rcdm-128"
+    suggested = preset_training(values["preset"])
+    if values["batch_size"] is None:
+        values["batch_size"] = suggested.get("batch_size", 8)
+    if values["lr"] is None:
+        values["lr"] = suggested.get("lr", 1e-4)
+    if resume is not None:
+        if overwrite:
+            raise UsageError("--overwrite starts a new run; it cannot be combined with --resume")
+        return resumed_config(resume, values, given, data=data, out=out)
+    if data is None or values["encoder"] is None or out is None:
+        raise UsageError("give DATA, --encoder and --out (or --resume RUN_DIR)")
+    return TrainConfig(data=str(data), out=str(out), **values)
+
+
+def resumed_config(
+    run: str | Path,
+    values: dict[str, Any],
+    given: Collection[str],
+    *,
+    data: str | Path | None = None,
+    out: str | Path | None = None,
+) -> TrainConfig:
+    """The saved run's configuration, with the options that may change applied (those
+    in ``given``, from ``values``). Any given option that would change what the run
+    computes and differs from the run's is refused, all of them named in one line."""
+    from rcdm_cli.checkpoint.rundir import RunDir
+
+    saved = TrainConfig.from_dict(RunDir(run).read_config()["config"])
+    if data is not None and not _same_path(data, saved.data):
+        raise UsageError(f"--resume continues the run on {saved.data}; leave DATA out")
+    if out is not None and not _same_path(out, run):
+        raise UsageError("--resume RUN_DIR continues the run in RUN_DIR; leave --out out")
+    conflicts = []
+    for name, flag in RESULT_OPTIONS.items():
+        if name not in given:
+            continue
+        yours, theirs = values[name], getattr(saved, name)
+        if name == "weights":
+            same = _same_path(yours, theirs)
+        elif name == "layer" and theirs is None:
+            from rcdm_cli.encoders import get_registry
+
+            same = yours == get_registry().get(saved.encoder)[0].spec.default_layer
+        else:
+            same = yours == theirs
+        if not same:
+            conflicts.append(f"{flag} {_show(yours)} (the run's: {_show(theirs)})")
+    if conflicts:
+        raise UsageError(
+            f"--resume continues {run} with its own settings, and these options differ: {', '.join(conflicts)}; "
+            "drop them, or start a new run in another --out"
+        )
+    for name in OVERRIDABLE:
+        if name in given:
+            setattr(saved, name, values[name])
+    saved.out = str(run)
+    return saved
+
+
+def _same_path(a: str | Path | None, b: str | Path | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
