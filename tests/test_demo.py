@@ -109,9 +109,13 @@ def test_a_signal_during_training_stops_the_demo_without_a_report(tmp_path, monk
 
     monkeypatch.setattr(Trainer, "_train_step", step)
     out = tmp_path / "demo"
+    progress = []
     with pytest.raises(Interrupted, match="scenes-simclr/backbone.*no report"):
-        run_demo(DemoSettings(out=out, **{**TINY, "steps": 5}), torch.device("cpu"))
+        run_demo(DemoSettings(out=out, **{**TINY, "steps": 5}), torch.device("cpu"), progress=lambda *p: progress.append(p))
     assert not (out / "report.html").exists() and not (out / "demo.json").exists()
+    # the progress bars saw the feature cache, then the steps trained before the signal
+    assert ("scenes-simclr/backbone: encoding images for the feature cache", 24, 24) in progress
+    assert [p for p in progress if p[0].startswith("training")] == [("training scenes-simclr/backbone", k, 5) for k in (1, 2)]
     assert (out / ".rcdm-demo").exists()  # the next run replaces it
 
 
@@ -186,3 +190,15 @@ def test_verdicts_follow_the_numbers_and_their_intervals():
     assert overall["count"] == "2 of 3 (1 clearly; 0 clearly the other way)"
     assert overall["verdict"] == "agrees (mostly within noise)"
     assert all(f.low != f.high for f in FINDINGS)
+
+
+def test_the_last_line_names_the_report_and_what_else_was_written(tmp_path):
+    from rcdm_cli.cli.demo import _written
+
+    (tmp_path / "runs").mkdir()
+    result = {name: str(tmp_path / f"{name}.png") for name in ("samples", "interpolation", "attributes")}
+    result.update(report=str(tmp_path / "report.html"), summary=str(tmp_path / "demo.json"))
+    assert _written(tmp_path, result) == (
+        f"report: {(tmp_path / 'report.html').resolve()}; also in {tmp_path.resolve()}: samples.png, interpolation.png, "
+        "attributes.png, demo.json (the numbers), the scenes in data/, the models in runs/"
+    )

@@ -7,7 +7,29 @@ from typing import Optional
 
 import typer
 
-from rcdm_cli.cli.console import log, print_json, settings
+from rcdm_cli.cli.console import StepProgress, log, print_json, settings
+
+
+class _Bars:
+    """One progress bar at a time, for the task the demo reports (a model's training,
+    its feature cache); a bar closes when its task is done or another begins."""
+
+    def __init__(self):
+        self.task: str | None = None
+        self.bar: StepProgress | None = None
+
+    def __call__(self, task: str, done: int, total: int) -> None:
+        if task != self.task:
+            self.close()
+            self.task, self.bar = task, StepProgress(task, total).__enter__()
+        self.bar.update(done)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+        self.task, self.bar = None, None
 
 
 def demo(
@@ -42,10 +64,15 @@ def demo(
     demo_settings = DemoSettings.full(out, **overrides) if full else DemoSettings(out=out, **overrides)
     if released:
         demo_settings.checkpoint = "released:dino-head"
+    bars = _Bars()
     try:
-        result = run_demo(demo_settings, resolve_device(settings.device), event=lambda m: log.info("%s", m))
+        result = run_demo(
+            demo_settings, resolve_device(settings.device), event=lambda m: log.info("%s", m), progress=bars
+        )
     except Terminated:  # SIGTERM (see cli/app.py): what it finished stays, and no report claims more
         raise Terminated("stopped by SIGTERM; no report written (the next run replaces this unfinished demo)") from None
+    finally:
+        bars.close()
     if json_out:
         print_json(result)
     for record in result["representations"]:
@@ -56,4 +83,15 @@ def demo(
         )
     for finding in result["findings"]:
         log.info("%s %s", finding["claim"], finding["verdict"])
-    typer.echo(f"report: {Path(result['report']).resolve()}", err=True)
+    typer.echo(_written(out, result), err=True)
+
+
+def _written(out: Path, result: dict) -> str:
+    """The last line: the report to open, and what else the demo wrote where."""
+    keys = ("samples", "interpolation", "augmented", "attributes")
+    pictures = [Path(result[key]).name for key in keys if key in result]
+    models = ", the models in runs/" if (out / "runs").is_dir() else ""
+    return (
+        f"report: {Path(result['report']).resolve()}; also in {out.resolve()}: {', '.join(pictures)}, "
+        f"{Path(result['summary']).name} (the numbers), the scenes in data/{models}"
+    )

@@ -52,6 +52,9 @@ OUTPUTS = (
     "demo.json",
 )
 
+# progress(task, done, total): how far a long phase is
+Progress = Callable[[str, int, int], None]
+
 # The demo's model: a UNet and a diffusion that learn quickly on a CPU (see the docstring).
 DEMO_PRESET = "cpu"
 
@@ -143,11 +146,14 @@ def _write_scenes(folder: Path, scenes) -> list[Path]:
     return paths
 
 
-def _train(settings: DemoSettings, rep: Representation, data: Path, out: Path, device, event) -> dict:
+def _train(
+    settings: DemoSettings, rep: Representation, data: Path, out: Path, device, event, progress: Progress
+) -> dict:
     """One small RCDM on ``rep``; a run stopped by a signal stops the demo (its report
     must describe models that finished)."""
     from rcdm_cli.training.config import TrainConfig
-    from rcdm_cli.training.loop import Reporter, Trainer
+    from rcdm_cli.training.loop import Trainer
+    from rcdm_cli.training.reporting import Reporter
 
     class _Events(Reporter):
         def event(self, message: str) -> None:
@@ -155,6 +161,12 @@ def _train(settings: DemoSettings, rep: Representation, data: Path, out: Path, d
 
         def log(self, record: dict) -> None:
             event(f"{rep.label}: step {record['step']}/{settings.steps}, loss {record['loss']:.4f}")
+
+        def step(self, step: int, total: int, loss: float, images_per_second: float) -> None:
+            progress(f"training {rep.label}", step, total)
+
+        def progress(self, task: str, done: int, total: int) -> None:
+            progress(f"{rep.label}: {task}", done, total)
 
     config = TrainConfig(
         data=str(data), out=str(out), encoder=rep.encoder, layer=rep.layer, preprocessing="native", preset=DEMO_PRESET,
@@ -189,7 +201,14 @@ def _measure(run: RCDMRun, pictures, specs, settings: DemoSettings, event) -> di
     }
 
 
-def run_demo(settings: DemoSettings, device: torch.device, event: Callable[[str], None] = lambda m: None) -> dict:
+def run_demo(
+    settings: DemoSettings,
+    device: torch.device,
+    event: Callable[[str], None] = lambda m: None,
+    progress: Progress = lambda task, done, total: None,
+) -> dict:
+    """``event`` receives a line per phase; ``progress(task, done, total)`` the work
+    within the long ones (each model's training steps, its feature cache), for a bar."""
     out = settings.out
     _claim(out, settings.seed, event)
     started = time.perf_counter()
@@ -207,7 +226,7 @@ def run_demo(settings: DemoSettings, device: torch.device, event: Callable[[str]
         models = {"released": {"checkpoint": settings.checkpoint, "steps": None, "train_seconds": 0.0}}
     else:
         models = {
-            rep.role: _train(settings, rep, data / "train", out / "runs" / rep.role, device, event)
+            rep.role: _train(settings, rep, data / "train", out / "runs" / rep.role, device, event, progress)
             for rep in settings.representations
         }
 
