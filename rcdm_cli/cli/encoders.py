@@ -146,7 +146,9 @@ def encode(
     from rcdm_cli.devices import resolve_device
     from rcdm_cli.errors import UsageError
     from rcdm_cli.evaluation.encoding import build_encoder, chosen_layer
-    from rcdm_cli.evaluation.representations import check_output, encode_paths, representation_info, write_representations
+    from rcdm_cli.evaluation.representations import (
+        check_output, encode_paths, representation_info, write_representations,
+    )
     from rcdm_cli.fileio import check_writable
     from rcdm_cli.inputs import expand_inputs
     from rcdm_cli.pipeline.runner import RCDMRun

@@ -27,7 +27,9 @@ def measured_layers(encoder: str, chosen: list[str] | None, default: list[str] |
     else:
         layers = [name for name in ("backbone", "head") if name in available]
     if not layers:
-        raise UsageError(f"encoder {encoder!r} has neither a backbone nor a head layer; pick layers with --layer: {', '.join(available)}")
+        raise UsageError(
+            f"encoder {encoder!r} has neither a backbone nor a head layer; pick layers with --layer: {', '.join(available)}"
+        )
     for name in layers:
         if name not in available:
             raise UsageError(f"encoder {encoder!r} has no layer {name!r}; it has: {', '.join(available)}")
@@ -52,4 +54,6 @@ def build_encoder(
     progress: Progress | None = None,
 ) -> Encoder:
     """The encoder with its weights (downloaded on first use) on ``device``."""
-    return get_registry().create(encoder, weights_path=weights, preprocessing=preprocessing, device=device, progress=progress)
+    return get_registry().create(
+        encoder, weights_path=weights, preprocessing=preprocessing, device=device, progress=progress
+    )

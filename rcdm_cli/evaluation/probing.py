@@ -58,14 +58,19 @@ class ProbeFeatures:
 
 
 def probe_features(
-    encoder: Encoder, data: ProbeData, layers: list[str], batch_size: int, progress: Callable[[int, int], None] | None = None
+    encoder: Encoder,
+    data: ProbeData,
+    layers: list[str],
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ProbeFeatures:
     """Every layer's features of both sets; ``progress(done, total)`` counts the
     images of both (nothing for layers that come from the cache)."""
     report = progress or (lambda done, total: None)
     offset = len(data.train_paths)
-    train = encode_file_layers(data.train_paths, encoder, layers, batch_size, progress=lambda d, t: report(d, data.images))
-    val = encode_file_layers(data.val_paths, encoder, layers, batch_size, progress=lambda d, t: report(offset + d, data.images))
+    total = data.images
+    train = encode_file_layers(data.train_paths, encoder, layers, batch_size, progress=lambda d, t: report(d, total))
+    val = encode_file_layers(data.val_paths, encoder, layers, batch_size, progress=lambda d, t: report(offset + d, total))
     return ProbeFeatures(train, val)
 
 
@@ -100,7 +105,7 @@ def fit_layer(
 
 def probe_record(encoder: Encoder, data: ProbeData, l2: float, probes: list[LayerProbe]) -> dict:
     return {
-        "metric": "probe", "encoder": encoder.name, "weights": encoder.weights_id, "preprocessing": encoder.preprocessing.to_dict(),
-        "classes": data.classes, "train_images": len(data.train_paths), "val_images": len(data.val_paths), "l2": l2,
+        "metric": "probe", "encoder": encoder.name, "weights": encoder.weights_id,
+        "preprocessing": encoder.preprocessing.to_dict(), "classes": data.classes, "train_images": len(data.train_paths), "val_images": len(data.val_paths), "l2": l2,
         "layers": {p.layer: p.record() for p in probes},
     }

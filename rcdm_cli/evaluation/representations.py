@@ -49,10 +49,17 @@ def encode_in_batches(
 
 
 def encode_paths(
-    encoder: Encoder, layer: str, paths: Sequence[Path], batch_size: int, progress: Callable[[int, int], None] | None = None
+    encoder: Encoder,
+    layer: str,
+    paths: Sequence[Path],
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """(N, dim) representations of the images at ``paths``, each decoded as its batch is encoded."""
-    return encode_in_batches(lambda batch: encoder.encode([load_image(p) for p in batch], layer), paths, batch_size, progress)
+    def encode(batch: Sequence[Path]) -> torch.Tensor:
+        return encoder.encode([load_image(p) for p in batch], layer)
+
+    return encode_in_batches(encode, paths, batch_size, progress)
 
 
 def representation_info(
@@ -60,12 +67,13 @@ def representation_info(
 ) -> dict:
     """What computed the vectors: a local weights file by its hash, since a path says
     nothing about what the file held when the vectors were made."""
+    local = weights is not None and encoder.weights_file
     return {
         "encoder": encoder.name,
         "layer": layer,
         "weights": encoder.weights_id,
         "weights_file": encoder.weights_file,
-        "weights_sha256": file_sha256(Path(encoder.weights_file)) if weights is not None and encoder.weights_file else None,
+        "weights_sha256": file_sha256(Path(encoder.weights_file)) if local else None,
         "preprocessing": encoder.preprocessing.to_dict(),
         "checkpoint": checkpoint,
         "images": [str(p) for p in paths],

@@ -75,7 +75,9 @@ def evaluate_attributes(
     from rcdm_cli.cli.common import sample_with_progress
     from rcdm_cli.cli.evaluate.progress import encoding_with_progress
     from rcdm_cli.devices import resolve_device
-    from rcdm_cli.evaluation.attributes import attribute_record, check_augmentations, measure_attributes, select_attributes
+    from rcdm_cli.evaluation.attributes import (
+        attribute_record, check_augmentations, measure_attributes, select_attributes,
+    )
     from rcdm_cli.evaluation.charts import save_attribute_chart
     from rcdm_cli.evaluation.inputs import evaluation_images
     from rcdm_cli.evaluation.results import append_result

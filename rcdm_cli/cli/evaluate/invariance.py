@@ -25,7 +25,8 @@ def invariance(
     ),
     encoder: Optional[str] = ENCODER,
     layer: List[str] = typer.Option(
-        None, "--layer", "-l", help="Layer; repeat (default: the checkpoint's, else backbone and head where it exists).",
+        None, "--layer", "-l",
+        help="Layer; repeat (default: the checkpoint's, else backbone and head where it exists).",
         autocompletion=complete_layer,
     ),
     weights: Optional[Path] = WEIGHTS,
@@ -72,15 +73,21 @@ def invariance(
             checkpoint=checkpoint, encoder=encoder, weights=weights, preprocessing=preprocessing, device=device,
             download_progress=download_progress(),
         )
-        options = SamplingOptions(sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision)
+        options = SamplingOptions(
+            sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision
+        )
         grid = AugmentationGrid.prepare(run, options, n, out, overwrite)
         layers = measured_layers(run.plan.encoder, layer, default=[run.plan.layer])
     else:
         layers = measured_layers(encoder, layer)
     paths = evaluation_images(images, max_images)
     pictures = [load_image(p) for p in paths]
-    enc = grid.run.encoder if grid else build_encoder(encoder, weights, preprocessing or "native", device, download_progress())
-    with StepProgress(f"measuring {len(augs)} augmentations on {len(paths)} images", len(paths) * (1 + len(augs))) as bar:
+    if grid is not None:
+        enc = grid.run.encoder
+    else:
+        enc = build_encoder(encoder, weights, preprocessing or "native", device, download_progress())
+    views = len(paths) * (1 + len(augs))
+    with StepProgress(f"measuring {len(augs)} augmentations on {len(paths)} images", views) as bar:
         table = measure(pictures, enc, layers, augs, seed=seed, batch_size=batch_size, progress=counting(bar))
     record = invariance_record(enc, layers, augs, len(paths), seed, table)
     if grid is not None:
@@ -89,7 +96,8 @@ def invariance(
             lambda reps, count, opts, **kw: sample_with_progress(grid.run, reps, count, opts, grid.network_calls, **kw),
         ))
     rows = [
-        (name, "yes" if AUGMENTATIONS[name].trained else "no", *(f"{table[name][lay]['mean']:.3f} ± {table[name][lay]['std']:.3f}" for lay in layers))
+        (name, "yes" if AUGMENTATIONS[name].trained else "no",
+         *(f"{table[name][lay]['mean']:.3f} ± {table[name][lay]['std']:.3f}" for lay in layers))
         for name in augs
     ]
     report(record, results, no_results, json_out, f"cosine similarity to the augmented view ({enc.name})", rows,

@@ -53,9 +53,13 @@ def probe(
         with status(f"fitting the {lay} probe"):
             probes.append(fit_layer(enc, data, features, lay, l2, files[lay]))
     rows = [
-        (p.layer, str(p.dim), f"{p.train['top1']:.3f}", f"{p.val['top1']:.3f}", f"{p.val['top5']:.3f}" if "top5" in p.val else "-", str(p.path))
+        (p.layer, str(p.dim), f"{p.train['top1']:.3f}", f"{p.val['top1']:.3f}",
+         f"{p.val['top5']:.3f}" if "top5" in p.val else "-", str(p.path))
         for p in probes
     ]
-    report(probe_record(enc, data, l2, probes), results, no_results, json_out, f"linear probe ({enc.name}, {len(data.classes)} classes)",
-           rows, ("layer", "dim", "train top-1", "val top-1", "val top-5", "probe file"),
-           written=(f"wrote {len(probes)} probe(s) to {out}",))
+    report(
+        probe_record(enc, data, l2, probes), results, no_results, json_out,
+        f"linear probe ({enc.name}, {len(data.classes)} classes)", rows,
+        ("layer", "dim", "train top-1", "val top-1", "val top-5", "probe file"),
+        written=(f"wrote {len(probes)} probe(s) to {out}",),
+    )
