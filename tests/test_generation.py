@@ -308,7 +308,8 @@ def test_a_run_over_several_inputs_writes_an_overview(capsys, images, random_ckp
     grid = Image.open(manifest["outputs"][0]["grid"])
     assert np.array_equal(np.asarray(overview)[:96 + 2, 96 + 2:], np.asarray(grid)[:96 + 2, 96 + 2:])
     assert "wrote 6 sample(s), 3 grid(s) and an overview to" in err
-    code, out, err = rcdm(capsys, "sample", images[0], "-c", random_ckpt, "-n", 1, *FAST, "-o", tmp_path / "one", "--json")
+    code, out, err = rcdm(capsys, "sample", images[0], "-c", random_ckpt, "-n", 1, *FAST, "-o", tmp_path / "one",
+                          "--json")
     assert code == 0 and json.loads(out)["overview"] is None and not (tmp_path / "one" / "overview.png").exists()
 
 
@@ -318,13 +319,15 @@ def test_vectors_from_encode_are_named_after_their_images(capsys, images, random
     twin.write_bytes(images[1].read_bytes())
     reps = tmp_path / "reps.safetensors"
     assert rcdm(capsys, "encode", images[0], twin, images[2], "-c", random_ckpt, "-o", reps)[0] == 0
-    code, out, err = rcdm(capsys, "sample", "--rep", reps, "-c", random_ckpt, "-n", 1, *FAST, "-o", tmp_path / "s", "--json")
+    code, out, err = rcdm(capsys, "sample", "--rep", reps, "-c", random_ckpt, "-n", 1, *FAST, "-o", tmp_path / "s",
+                          "--json")
     assert code == 0, err
     names = [o["name"] for o in json.loads(out)["outputs"]]
     assert names == ["img0", "img0-2", "img2"] and (tmp_path / "s" / "img0-2-grid.png").is_file()
     # vectors without that record keep their numbers
     np.save(tmp_path / "reps.npy", load_file(str(reps))["reps"].numpy())
-    code, out, err = rcdm(capsys, "sample", "--rep", tmp_path / "reps.npy", "-c", random_ckpt, "-n", 1, *FAST, "-o", tmp_path / "n", "--json")
+    code, out, err = rcdm(capsys, "sample", "--rep", tmp_path / "reps.npy", "-c", random_ckpt, "-n", 1, *FAST,
+                          "-o", tmp_path / "n", "--json")
     assert code == 0 and [o["name"] for o in json.loads(out)["outputs"]] == ["rep-000", "rep-001", "rep-002"]
 
 

@@ -63,8 +63,14 @@ def classify_samples(enc, classifier, samples: torch.Tensor, batch_size: int) ->
 
 
 def write_images(
-    layout: AttackLayout, paths: list[Path], outcome: AttackOutcome, reps: tuple[torch.Tensor, torch.Tensor],
-    similarity: torch.Tensor, samples: torch.Tensor, classifier=None, sample_preds: torch.Tensor | None = None,
+    layout: AttackLayout,
+    paths: list[Path],
+    outcome: AttackOutcome,
+    reps: tuple[torch.Tensor, torch.Tensor],
+    similarity: torch.Tensor,
+    samples: torch.Tensor,
+    classifier=None,
+    sample_preds: torch.Tensor | None = None,
     target_class: int | None = None,
 ) -> list[dict[str, Any]]:
     """Every image's files, and the overview; returns each image's manifest entry.
@@ -74,18 +80,33 @@ def write_images(
     entries = []
     for i, name in enumerate(layout.names):
         entry, tiles, labels = _write_image(
-            i, layout.files(name), paths[i], outcome, reps[0][i], reps[1][i], float(similarity[i]), samples, len(paths),
-            classifier, sample_preds, target_class,
+            i,
+            layout.files(name),
+            paths[i],
+            outcome,
+            reps[0][i],
+            reps[1][i],
+            float(similarity[i]),
+            samples,
+            len(paths),
+            classifier,
+            sample_preds,
+            target_class,
         )
         entries.append(entry)
         rows.append((tiles, labels))
     if layout.overview_path is not None:
         columns = samples.shape[1] + 1
-        save_png(make_grid([t for r in rows for t in r[0]], [x for r in rows for x in r[1]], columns=columns), layout.overview_path)
+        save_png(
+            make_grid([t for r in rows for t in r[0]], [x for r in rows for x in r[1]], columns=columns),
+            layout.overview_path,
+        )
     return entries
 
 
-def _write_image(i, files, path, outcome, clean_rep, adv_rep, similarity, samples, count, classifier, sample_preds, target_class):
+def _write_image(
+    i, files, path, outcome, clean_rep, adv_rep, similarity, samples, count, classifier, sample_preds, target_class
+):
     """One image's files and its manifest entry, and its grid's tiles and labels."""
     n = samples.shape[1]
     clean_img, adv_img = outcome.clean[i].cpu(), outcome.adversarial[i].cpu()
@@ -94,10 +115,16 @@ def _write_image(i, files, path, outcome, clean_rep, adv_rep, similarity, sample
     save_png(picture(clean_img), files["clean"])
     save_png(picture(adv_img), files["adversarial"])
     save_png(to_pil(delta / scale), files["perturbation"])
-    save_tensors(files["tensors"], {
-        "clean": clean_img, "adversarial": adv_img, "adversarial_unquantized": outcome.raw[i].cpu(),
-        "clean_representation": clean_rep, "adversarial_representation": adv_rep,
-    })
+    save_tensors(
+        files["tensors"],
+        {
+            "clean": clean_img,
+            "adversarial": adv_img,
+            "adversarial_unquantized": outcome.raw[i].cpu(),
+            "clean_representation": clean_rep,
+            "adversarial_representation": adv_rep,
+        },
+    )
     entry = {
         "input": str(path),
         "perturbation_linf": float(outcome.norms["linf"][i]),
@@ -109,10 +136,14 @@ def _write_image(i, files, path, outcome, clean_rep, adv_rep, similarity, sample
     if classifier is not None:
         c, a = int(outcome.clean_pred[i]), int(outcome.adv_pred[i])
         entry.update(
-            clean_label=c, clean_class=classifier.name(c), adversarial_label=a, adversarial_class=classifier.name(a),
+            clean_label=c,
+            clean_class=classifier.name(c),
+            adversarial_label=a,
+            adversarial_class=classifier.name(a),
             unquantized_adversarial_label=int(outcome.raw_pred[i]),
             success=(a == target_class) if target_class is not None else (a != c),
-            clean_sample_labels=sample_preds[0, i].tolist(), adversarial_sample_labels=sample_preds[1, i].tolist(),
+            clean_sample_labels=sample_preds[0, i].tolist(),
+            adversarial_sample_labels=sample_preds[1, i].tolist(),
         )
         labels_row = [f"clean: {classifier.name(c)}", f"adv: {classifier.name(a)}"]
     tiles, labels = [], []
@@ -127,8 +158,18 @@ def _write_image(i, files, path, outcome, clean_rep, adv_rep, similarity, sample
 
 
 def attack_manifest(
-    plan: AttackPlan, run, options, network_calls: int, *, classifier, probe: Path | None, batch_size: int,
-    summary: dict, entries: list[dict], seeds: list[int], overview: Path | None,
+    plan: AttackPlan,
+    run,
+    options,
+    network_calls: int,
+    *,
+    classifier,
+    probe: Path | None,
+    batch_size: int,
+    summary: dict,
+    entries: list[dict],
+    seeds: list[int],
+    overview: Path | None,
 ) -> dict[str, Any]:
     return {
         "command": "attack",

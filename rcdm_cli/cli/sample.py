@@ -80,7 +80,8 @@ def sample(
     if inputs:
         names = unique_names([p.stem for p in inputs])
     else:
-        names = vector_names(provenance(rep) if reps is not None else None, len(reps) if reps is not None else random_count)
+        recorded = provenance(rep) if reps is not None else None
+        names = vector_names(recorded, len(reps) if reps is not None else random_count)
     stream = SampleStream(  # random vectors (neither images nor reps) are drawn from the seed as it starts
         run, options, diffusion.num_timesteps, SampleLayout(out, names, n, overview=len(names) > 1), images=inputs,
         reps=reps, noise=load_tensor(noise, preferred=("noise",)) if noise else None, save_tensors=save_tensors_,

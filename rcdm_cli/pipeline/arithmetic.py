@@ -56,7 +56,9 @@ class Combination:
             result = rescale_to(result, operand_reps)
         self.coefficients = expr.signed_weights(self.tree)
         self.details = {
-            "expression": self.expression, "coefficients": self.coefficients, "rescale": self.rescale,
+            "expression": self.expression,
+            "coefficients": self.coefficients,
+            "rescale": self.rescale,
             "result_norm": float(result.norm()),
         }
         return result[None]
@@ -95,10 +97,12 @@ class AttributeTransfer:
             load_image(p)
 
     def representations(self, operand_reps: torch.Tensor, encode: Encode, batch_size: int) -> torch.Tensor:
-        bank = torch.cat([
-            encode([load_image(p) for p in self.bank_paths[i : i + batch_size]])
-            for i in range(0, len(self.bank_paths), batch_size)
-        ])
+        bank = torch.cat(
+            [
+                encode([load_image(p) for p in self.bank_paths[i : i + batch_size]])
+                for i in range(0, len(self.bank_paths), batch_size)
+            ]
+        )
         neighbour_idx, shared = shared_dimensions(operand_reps[0], bank, self.k, self.n_common)
         # a representation without zeros (a projector head's, a ViT's) shares every dimension
         self.replaces_everything = bool(shared.all())
@@ -141,10 +145,16 @@ def write_arith(layout: SampleLayout, recipe, run, options, network_calls: int, 
         "checkpoint": run.checkpoint_info(),
         "encoder": run.encoder_info(),
         "n": n,
-        "sampling": {**options.to_dict(), "eta": resolved_eta(options), "same_noise": True, "network_calls": network_calls},
+        "sampling": {
+            **options.to_dict(),
+            "eta": resolved_eta(options),
+            "same_noise": True,
+            "network_calls": network_calls,
+        },
         "device": str(run.device),
         "outputs": [
-            {"name": name, "grid": written["grids"][j], "samples": written["samples"][j]} for j, name in enumerate(recipe.names)
+            {"name": name, "grid": written["grids"][j], "samples": written["samples"][j]}
+            for j, name in enumerate(recipe.names)
         ],
         "overview": str(layout.overview_path),
         "seeds": result.seeds[0],

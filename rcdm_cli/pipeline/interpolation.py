@@ -47,7 +47,9 @@ class Interpolation:
         """The representations along the path between the two ends' (one row each)."""
         return interpolate(ends[0], ends[1], self.frames, self.mode)
 
-    def write(self, layout: StripLayout, run, options, network_calls: int, pictures: list[Image.Image], result: SampleResult) -> dict:
+    def write(
+        self, layout: StripLayout, run, options, network_calls: int, pictures: list[Image.Image], result: SampleResult
+    ) -> dict:
         """Write the frames, the strip (the two inputs framing each row) and the
         animation, if any; returns the manifest, which the caller writes."""
         shown = tuple(to_pil(diffusion_target(im, run.meta.image_size)) for im in pictures)

@@ -44,7 +44,8 @@ class StreamProgress:
 
     def describe(self) -> str:
         p = self.batch
-        return f"inputs {self.first + 1}-{self.last} of {self.inputs}, batch {p.batch}/{p.batches}, step {p.step}/{p.steps}"
+        where = f"inputs {self.first + 1}-{self.last} of {self.inputs}"
+        return f"{where}, batch {p.batch}/{p.batches}, step {p.step}/{p.steps}"
 
 
 class SampleStream:
@@ -57,9 +58,18 @@ class SampleStream:
     """
 
     def __init__(
-        self, run, options, network_calls: int, layout: SampleLayout, *, images: list[Path] | None = None,
-        reps: torch.Tensor | None = None, noise: torch.Tensor | None = None, save_tensors: bool = False,
-        inputs: list[str] | dict | None = None, noise_source: str | None = None,
+        self,
+        run,
+        options,
+        network_calls: int,
+        layout: SampleLayout,
+        *,
+        images: list[Path] | None = None,
+        reps: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        save_tensors: bool = False,
+        inputs: list[str] | dict | None = None,
+        noise_source: str | None = None,
     ):
         self.run, self.options, self.network_calls, self.layout = run, options, network_calls, layout
         self.images, self.reps, self.save_tensors = list(images or []), reps, save_tensors
@@ -114,7 +124,9 @@ class SampleStream:
                 write_json(self.layout.manifest_path, self.manifest(False))
             raise
         if self.save_tensors:  # one part: every sample is in this last result
-            save_tensors(self.layout.tensors_path, {"samples": result.samples, "reps": part_reps}, {"rcdm": __version__})
+            save_tensors(
+                self.layout.tensors_path, {"samples": result.samples, "reps": part_reps}, {"rcdm": __version__}
+            )
         if self.overview is not None:
             self.overview.save()
         final = self.manifest(True)
@@ -147,7 +159,9 @@ class SampleStream:
                 done = (done_before + p.batch - 1) * p.steps + p.step
                 progress(StreamProgress(a, b, self.rows, p, done, self.total_steps))
 
-        result = run.sample(part_reps, self.n, self.options, noise=self.noise, on_row=write_row, first_row=a, progress=report)
+        result = run.sample(
+            part_reps, self.n, self.options, noise=self.noise, on_row=write_row, first_row=a, progress=report
+        )
         self.timings["sample_seconds"] += result.seconds
         return part_reps, result
 
@@ -163,13 +177,16 @@ class SampleStream:
             "n": n,
             "image_size": self.run.meta.image_size,
             "sampling": {
-                **self.options.to_dict(), "eta": resolved_eta(self.options), "noise": self.noise_source,
+                **self.options.to_dict(),
+                "eta": resolved_eta(self.options),
+                "noise": self.noise_source,
                 "network_calls": self.network_calls,
             },
             "device": str(self.run.device),
             "outputs": [
                 {
-                    "name": layout.names[j], "grid": str(layout.grid_path(j)),
+                    "name": layout.names[j],
+                    "grid": str(layout.grid_path(j)),
                     "samples": [str(layout.sample_path(j, k)) for k in range(n)],
                     "seeds": [sample_seed(seed, j, k) for k in range(n)],
                 }
