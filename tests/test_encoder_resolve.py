@@ -55,7 +55,8 @@ def test_the_weights_named_decide_the_native_input_and_the_display_name():
 
 
 def test_a_missing_layer_is_refused_naming_the_encoder_as_given_and_its_layers():
-    with pytest.raises(UnknownLayer, match=re.escape("encoder 'supervised@v2' has no layer 'head'; it has: backbone, layer3, logits")):
+    message = "encoder 'supervised@v2' has no layer 'head'; it has: backbone, layer3, logits"
+    with pytest.raises(UnknownLayer, match=re.escape(message)):
         resolve_encoder("supervised@v2", "head")
     assert issubclass(UnknownLayer, UsageError)  # exit code 2, as before
 

@@ -121,7 +121,8 @@ def plan_conditioning(
                     f"{name} encoder does not provide"
                 )
             name = f"{name}@{recorded.weights}"
-        resolved = resolve_encoder(name, recorded.layer, preprocessing=Preprocessing.from_dict(recorded.preprocessing))
+        recorded_pre = Preprocessing.from_dict(recorded.preprocessing)
+        resolved = resolve_encoder(name, recorded.layer, preprocessing=recorded_pre)
     else:
         if encoder is None:
             raise UsageError(
