@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from rcdm_cli.demo.scenes import BACKGROUNDS, COLOURS, POSITION_RANGE, SHAPES, SIZE_RANGE, make_scenes
-from rcdm_cli.encoders import Encoder, get_registry, load_strict, load_torch_file
+from rcdm_cli.encoders import Encoder, get_registry
+from rcdm_cli.plugin import load_strict, load_torch_file
 from rcdm_cli.evaluation.invariance import invariance
 from rcdm_cli.evaluation.probe import accuracy, fit_probe
 from rcdm_plugins.miniature import PREPROCESSING, SceneNet, file_sha256, simclr_net, supervised_net
@@ -363,7 +364,7 @@ def invariance_table(net: SceneNet, count: int = 200, seed: int = INVARIANCE_SEE
     """``rcdm evaluate invariance``'s measure (mean cosine similarity between a
     scene's representation and its augmented view's), on scenes rendered at 64 px."""
     name = "scenes-simclr" if net.head_name == "head" else "scenes-supervised"
-    spec = get_registry().get(name)[0].spec
+    spec = get_registry().get(name).spec
     head = getattr(net, net.head_name)
     width = (head[-1] if isinstance(head, torch.nn.Sequential) else head).out_features
     layers = {"backbone": spec.layers["backbone"], net.head_name: (width, "")}

@@ -200,10 +200,9 @@ def test_convert_refuses_mismatches(reference_dir, tmp_path, kwargs, error, mess
 
 
 def _registry_dims(name):
-    from rcdm_cli.encoders import get_registry
+    from rcdm_cli.checkpoint.convert import installed_layer_dims
 
-    layers, _ = get_registry().layers(name)
-    return {layer: dims[0] for layer, dims in layers.items()}
+    return installed_layer_dims(name)
 
 
 @pytest.mark.parametrize(

@@ -142,7 +142,7 @@ def complete_layer(ctx, incomplete: str) -> list[tuple[str, str]]:
         else:  # a family member (timm:MODEL): its layers come from the model
             from rcdm_cli.encoders import get_registry
 
-            layers, _ = get_registry().layers(encoder)
+            layers = get_registry().describe(encoder).layers
     except Exception:
         return []
     return [(n, f"{dim}-d: {text}") for n, (dim, text) in layers.items() if n.startswith(incomplete)]

@@ -35,13 +35,8 @@ def convert(
     --preset) and written with its metadata: architecture, diffusion settings, and the
     encoder and layer it was trained on.
     """
-    from rcdm_cli.checkpoint.convert import convert_official
-    from rcdm_cli.encoders import get_registry
+    from rcdm_cli.checkpoint.convert import convert_official, installed_layer_dims
     from rcdm_cli.fileio import check_writable
-
-    def layer_dims(name: str) -> dict[str, int]:
-        layers, _ = get_registry().layers(name)  # an unknown encoder is a usage error here
-        return {layer_name: dims[0] for layer_name, dims in layers.items()}
 
     check_writable([output], overwrite)
     result = convert_official(
@@ -54,7 +49,7 @@ def convert(
         rep_dim=rep_dim,
         dtype=dtype,
         progress=download_progress(),
-        layer_dims=layer_dims,
+        layer_dims=installed_layer_dims,
     )
     if json_out:
         print_json(result)

@@ -12,14 +12,15 @@ from pathlib import Path
 import torch
 
 from rcdm_cli.download_cache import Progress
-from rcdm_cli.encoders import Encoder, Preprocessing, get_registry
+from rcdm_cli.encoders import Encoder, Preprocessing, get_registry, resolve_encoder
+from rcdm_cli.encoders.encoder import unknown_layer
 from rcdm_cli.errors import UsageError
 
 
 def measured_layers(encoder: str, chosen: list[str] | None, default: list[str] | None = None) -> list[str]:
     """The layers asked for, each once; by default ``default``, else the backbone and
     the head where the encoder has them (the comparison the paper makes)."""
-    available, _ = get_registry().layers(encoder)
+    available = get_registry().describe(encoder).layers
     if chosen:
         layers = list(dict.fromkeys(chosen))
     elif default:
@@ -32,18 +33,13 @@ def measured_layers(encoder: str, chosen: list[str] | None, default: list[str] |
         )
     for name in layers:
         if name not in available:
-            raise UsageError(f"encoder {encoder!r} has no layer {name!r}; it has: {', '.join(available)}")
+            raise unknown_layer(encoder, name, available)
     return layers
 
 
 def chosen_layer(encoder: str, layer: str | None) -> str:
     """``layer``, or the encoder's default layer, checked against what it has."""
-    registry = get_registry()
-    layers, _ = registry.layers(encoder)
-    chosen = layer or registry.get(encoder)[0].spec.default_layer
-    if chosen not in layers:
-        raise UsageError(f"encoder {encoder!r} has no layer {chosen!r}; it has: {', '.join(layers)}")
-    return chosen
+    return resolve_encoder(encoder, layer).layer
 
 
 def build_encoder(
@@ -53,7 +49,9 @@ def build_encoder(
     device: torch.device | str,
     progress: Progress | None = None,
 ) -> Encoder:
-    """The encoder with its weights (downloaded on first use) on ``device``."""
+    """The encoder with its weights (downloaded on first use) on ``device``. Built
+    without checking a default layer: some family members have none, and the
+    measurement names its layers itself."""
     return get_registry().create(
         encoder, weights_path=weights, preprocessing=preprocessing, device=device, progress=progress
     )

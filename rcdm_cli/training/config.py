@@ -224,9 +224,9 @@ def resumed_config(
         if name == "weights":
             same = _same_path(yours, theirs)
         elif name == "layer" and theirs is None:
-            from rcdm_cli.encoders import get_registry
+            from rcdm_cli.encoders import resolve_encoder
 
-            same = yours == get_registry().get(saved.encoder)[0].spec.default_layer
+            same = yours == resolve_encoder(saved.encoder).layer
         else:
             same = yours == theirs
         if not same:

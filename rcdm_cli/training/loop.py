@@ -42,8 +42,7 @@ from rcdm_cli.checkpoint.rundir import RunDir
 from rcdm_cli.diffusion.gaussian import GaussianDiffusion
 from rcdm_cli.diffusion.timestep_samplers import create_timestep_sampler
 from rcdm_cli.diffusion.unet import UNet, count_parameters
-from rcdm_cli.encoders import Encoder, get_registry
-from rcdm_cli.encoders.registry import EncoderName
+from rcdm_cli.encoders import Encoder, resolve_encoder
 from rcdm_cli.errors import RcdmError, UsageError
 from rcdm_cli.preprocessing import RCDM, Preprocessing
 from rcdm_cli.seeding import stream_seed
@@ -136,24 +135,18 @@ class Trainer(RunState, Previews):
 
         # Everything below that can fail on user input fails before training starts.
         self.paths, self.unreadable = scan_images(Path(config.data))
-        registry = get_registry()
-        layers, native = registry.layers(config.encoder)
-        entry, parsed = registry.get(config.encoder)
-        self.layer = config.layer or entry.spec.default_layer
-        if self.layer not in layers:
-            raise UsageError(f"encoder {config.encoder!r} has no layer {self.layer!r}; it has: {', '.join(layers)}")
-        source = entry.spec.weight_source(parsed.variant)
-        if source is not None and source.preprocessing is not None:
-            native = source.preprocessing
-        self.preprocessing = encoder_preprocessing(config.preprocessing, native)
-        self.unet_config, self.diffusion_config = config.architecture(layers[self.layer][0])
+        resolved = resolve_encoder(config.encoder, config.layer)
+        self.layer = resolved.layer
+        self.preprocessing = encoder_preprocessing(config.preprocessing, resolved.native_preprocessing)
+        self.resolved_encoder = dataclasses.replace(resolved, preprocessing=self.preprocessing)
+        self.unet_config, self.diffusion_config = config.architecture(resolved.dim)
         self.diffusion = GaussianDiffusion.from_config(self.diffusion_config)
         self.views = Views(self.unet_config.image_size, self.preprocessing.size, config.random_crop, config.random_flip)
         self.encoder_info = EncoderInfo(
-            name=str(EncoderName(parsed.base, None, parsed.argument)),
+            name=resolved.canonical,
             layer=self.layer,
             rep_dim=self.unet_config.rep_dim,
-            weights=source.name if source is not None else None,
+            weights=resolved.source.name if resolved.source is not None else None,
             preprocessing=self.preprocessing.to_dict(),
             weights_sha256=file_sha256(config.weights) if config.weights else None,
         )
@@ -188,9 +181,8 @@ class Trainer(RunState, Previews):
     def _build(self) -> None:
         cfg = self.config
         self.reporter.event(f"loading encoder {cfg.encoder}/{self.layer}")
-        self.encoder: Encoder = get_registry().create(
-            cfg.encoder, weights_path=cfg.weights, preprocessing=self.preprocessing, device=self.device
-        )
+        weights = Path(cfg.weights).expanduser() if cfg.weights else None
+        self.encoder: Encoder = dataclasses.replace(self.resolved_encoder, weights_path=weights).build(self.device)
         # what the checkpoints record is what was built
         self.encoder_info = dataclasses.replace(self.encoder_info, name=self.encoder.name, weights=self.encoder.weights_id)
         self._stop_point()
