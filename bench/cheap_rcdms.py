@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from rcdm_cli.demo.run import _write_scenes
-from rcdm_cli.demo.scenes import make_scenes
+from rcdm_cli.scenes import make_scenes
 from rcdm_cli.evaluation.attributes import attribute_values, conditioning_views, sample_views, score_attribute, select_attributes
 from rcdm_cli.evaluation.rank import ranks, summarize
 from rcdm_cli.imaging import to_pil

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rcdm_cli.demo.scenes import make_scenes
+from rcdm_cli.scenes import make_scenes
 from rcdm_cli.encoders import get_registry
 from rcdm_cli.evaluation.attributes import attribute_values, conditioning_views, sample_views, score_attribute, select_attributes
 from rcdm_cli.evaluation.rank import ranks, summarize

@@ -1,5 +1,5 @@
 """``scenes-simclr`` and ``scenes-supervised``: small CNNs trained by rcdm itself on its
-procedural scenes (:mod:`rcdm_cli.demo.scenes`).
+procedural scenes (:mod:`rcdm_cli.scenes`).
 
 They exist so that the paper's comparisons (what a self-supervised backbone keeps,
 what its projector head throws away, how a supervised network differs) can be

@@ -1,4 +1,4 @@
-"""A parser for the demo's procedural scenes (:mod:`rcdm_cli.demo.scenes`): reads a
+"""A parser for the demo's procedural scenes (:mod:`rcdm_cli.scenes`): reads a
 scene's factors (shape, colour, background, size, position, grayscale) back from its
 pixels, so that samples drawn from a scene's representation can be scored on each
 factor by the same rule as the scene itself.
@@ -18,7 +18,7 @@ import warnings
 
 import numpy as np
 
-from rcdm_cli.demo.scenes import BACKGROUNDS, COLOURS, POSITION_RANGE, SHAPES, SIZE_RANGE, luma
+from rcdm_cli.scenes import BACKGROUNDS, COLOURS, POSITION_RANGE, SHAPES, SIZE_RANGE, luma
 from rcdm_cli.plugin import AttributeSpec, hookimpl
 
 COLOUR_NAMES = tuple(COLOURS)
@@ -250,7 +250,7 @@ def _measure(images: np.ndarray) -> dict[str, np.ndarray]:
 
 def parse_scenes(images: np.ndarray) -> list[dict]:
     """The factors of each scene in a (B, H, W, 3) float RGB [0, 1] batch, as the
-    dicts :func:`rcdm_cli.demo.scenes.make_scenes` records (shape, colour,
+    dicts :func:`rcdm_cli.scenes.make_scenes` records (shape, colour,
     background, size, x, y, gray). Never raises on an odd image: where no shape is
     seen, the most likely reading is returned."""
     m = measure(images)

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from rcdm_cli.demo.scenes import BACKGROUNDS, COLOURS, POSITION_RANGE, SHAPES, SIZE_RANGE, make_scenes
+from rcdm_cli.scenes import BACKGROUNDS, COLOURS, POSITION_RANGE, SHAPES, SIZE_RANGE, make_scenes
 from rcdm_cli.encoders import Encoder, get_registry
 from rcdm_cli.plugin import load_strict, load_torch_file
 from rcdm_cli.evaluation.invariance import invariance
@@ -494,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "data": {
             "pool": args.pool, "pool_seed": POOL_SEED, "rendered_px": 64, "trained_px": 32,
-            "generator": "rcdm_cli.demo.scenes.make_scenes",
+            "generator": "rcdm_cli.scenes.make_scenes",
         },
         "weights": weights.name,
         "sha256": file_sha256(weights),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from rcdm_cli.demo.scenes import make_scenes
+from rcdm_cli.scenes import make_scenes
 from rcdm_cli.encoders import AttributeSpec, get_registry, reset_registry
 from rcdm_cli.preprocessing import diffusion_target
 from rcdm_plugins import image_attributes as ia

@@ -13,7 +13,7 @@ from rcdm_cli.cli.app import run
 from rcdm_cli.demo import run as demo_run
 from rcdm_cli.demo.findings import FINDINGS, assess, verdict
 from rcdm_cli.demo.run import DemoSettings, run_demo
-from rcdm_cli.demo.scenes import SHAPES, make_scenes
+from rcdm_cli.scenes import SHAPES, make_scenes
 from rcdm_cli.errors import Interrupted, UsageError
 
 TINY = dict(train_images=24, heldout_images=4, steps=3, batch_size=4, samples=2, sampling_steps="2", grid_rows=2,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import ImageOps
 from safetensors.torch import save_file
 
-from rcdm_cli.demo.scenes import SHAPES, make_scenes
+from rcdm_cli.scenes import SHAPES, make_scenes
 from rcdm_cli.encoders import create_encoder, get_registry
 from rcdm_cli.errors import RcdmError
 from rcdm_cli.evaluation.probe import accuracy, fit_probe

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rcdm_cli.demo.scenes import BACKGROUNDS, COLOURS, SHAPES, luma, make_scenes
+from rcdm_cli.scenes import BACKGROUNDS, COLOURS, SHAPES, luma, make_scenes
 from rcdm_cli.encoders import get_registry, reset_registry
 from rcdm_cli.preprocessing import diffusion_target
 from rcdm_plugins import scene_factors as sf

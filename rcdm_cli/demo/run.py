@@ -1,6 +1,6 @@
 """The offline demo: the paper in miniature, end to end on a CPU in a few minutes.
 
-It generates procedural scenes (:mod:`rcdm_cli.demo.scenes`), trains a small RCDM on
+It generates procedural scenes (:mod:`rcdm_cli.scenes`), trains a small RCDM on
 the backbone and on the projector head of ``scenes-simclr`` (a SimCLR encoder trained
 by rcdm on such scenes; with ``--full`` also on the supervised ``scenes-supervised``),
 then measures on held-out scenes what each representation's samples keep: rank/MRR in
@@ -31,7 +31,7 @@ from rcdm_cli.demo import report as page
 from rcdm_cli.demo.figures import side_by_side, strips
 from rcdm_cli.demo.findings import assess
 from rcdm_cli.demo.narrative import report_blocks
-from rcdm_cli.demo.scenes import make_scenes
+from rcdm_cli.scenes import make_scenes
 from rcdm_cli.encoders import get_registry
 from rcdm_cli.errors import Interrupted, UsageError
 from rcdm_cli.evaluation.attributes import measure_attributes, select_attributes
