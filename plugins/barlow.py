@@ -24,6 +24,7 @@ from rcdm_cli.encoders.weights import rename_keys
 from rcdm_cli.plugin import (
     BuildRequest,
     EncoderSpec,
+    Layer,
     WeightSource,
     find_state_dict,
     hookimpl,
@@ -50,9 +51,9 @@ REPO = WeightSource(
 )
 
 LAYERS = {
-    "backbone": (2048, "global-average-pooled layer4 features"),
-    "layer3": (1024, "global-average-pooled layer3 features"),
-    "head": (8192, "projector output ((Linear-BN-ReLU) x2, Linear), as RCDM computed it"),
+    "backbone": Layer(2048, "global-average-pooled layer4 features"),
+    "layer3": Layer(1024, "global-average-pooled layer3 features"),
+    "head": Layer(8192, "projector output ((Linear-BN-ReLU) x2, Linear), as RCDM computed it"),
 }
 
 # VISSL names its projector "<block>.clf.<layer>"; the head's nn.Sequential numbers

@@ -49,6 +49,7 @@ from rcdm_cli.encoders.weights import is_state_dict
 from rcdm_cli.plugin import (
     BuildRequest,
     EncoderSpec,
+    Layer,
     Preprocessing,
     RcdmError,
     WeightSource,
@@ -199,8 +200,8 @@ def _vit_builder(arch: str, dim: int):
 
 def _vit_layers(dim: int) -> dict[str, tuple[int, str]]:
     return {
-        "backbone": (dim, "class token after the final LayerNorm"),
-        "head": (BOTTLENECK, "projection-head bottleneck, before DINO's L2 normalisation and prototypes"),
+        "backbone": Layer(dim, "class token after the final LayerNorm"),
+        "head": Layer(BOTTLENECK, "projection-head bottleneck, before DINO's L2 normalisation and prototypes"),
     }
 
 
@@ -212,8 +213,8 @@ def register_encoders(register):
             description="DINO ResNet-50 (teacher), the encoder of the released RCDM dino models",
             build=build_resnet50,
             layers={
-                "backbone": (2048, "global-average-pooled layer4 features (released dino-backbone)"),
-                "layer3": (1024, "global-average-pooled layer3 features"),
+                "backbone": Layer(2048, "global-average-pooled layer4 features (released dino-backbone)"),
+                "layer3": Layer(1024, "global-average-pooled layer3 features"),
                 "head": (
                     BOTTLENECK,
                     "projection-head bottleneck, before DINO's L2 normalisation and prototypes (released dino-head)",

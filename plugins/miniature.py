@@ -28,6 +28,7 @@ from torch import nn
 from rcdm_cli.plugin import (
     BuildRequest,
     EncoderSpec,
+    Layer,
     Preprocessing,
     RcdmError,
     WeightSource,
@@ -191,8 +192,8 @@ def register_encoders(register):
             ),
             build=build_simclr,
             layers={
-                "backbone": (BACKBONE_DIM, "global-average-pooled features of the 5-layer CNN"),
-                "head": (PROJ_DIM, "SimCLR projector output (Linear-BN-ReLU-Linear), what the NT-Xent loss saw"),
+                "backbone": Layer(BACKBONE_DIM, "global-average-pooled features of the 5-layer CNN"),
+                "head": Layer(PROJ_DIM, "SimCLR projector output (Linear-BN-ReLU-Linear), what the NT-Xent loss saw"),
             },
             weights=(
                 _source(
@@ -213,8 +214,8 @@ def register_encoders(register):
             ),
             build=build_supervised,
             layers={
-                "backbone": (BACKBONE_DIM, "global-average-pooled features of the 5-layer CNN"),
-                "logits": (SHAPE_CLASSES, "shape classifier logits (circle, square, triangle)"),
+                "backbone": Layer(BACKBONE_DIM, "global-average-pooled features of the 5-layer CNN"),
+                "logits": Layer(SHAPE_CLASSES, "shape classifier logits (circle, square, triangle)"),
             },
             weights=(
                 _source(

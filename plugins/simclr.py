@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from rcdm_cli.encoders.nets import ResNetWithHeads, mlp, resnet50_trunk
-from rcdm_cli.plugin import BuildRequest, EncoderSpec, WeightSource, hookimpl, load_strict
+from rcdm_cli.plugin import BuildRequest, EncoderSpec, Layer, WeightSource, hookimpl, load_strict
 from rcdm_plugins._vissl import MODEL_ZOO, VISSL_LICENSE, vissl_state
 
 VISSL = WeightSource(
@@ -23,9 +23,9 @@ VISSL = WeightSource(
 )
 
 LAYERS = {
-    "backbone": (2048, "global-average-pooled layer4 features"),
-    "layer3": (1024, "global-average-pooled layer3 features"),
-    "head": (128, "projection output (Linear-ReLU-Linear, not normalised), as RCDM computed it"),
+    "backbone": Layer(2048, "global-average-pooled layer4 features"),
+    "layer3": Layer(1024, "global-average-pooled layer3 features"),
+    "head": Layer(128, "projection output (Linear-ReLU-Linear, not normalised), as RCDM computed it"),
 }
 
 # VISSL's two heads "<block>.clf.0" are the Linear layers 0 and 2 of the head's

@@ -31,6 +31,7 @@ from rcdm_cli.plugin import (
     IMAGENET_MEAN,
     BuildRequest,
     EncoderSpec,
+    Layer,
     Preprocessing,
     RcdmError,
     WeightSource,
@@ -56,10 +57,10 @@ EP800 = WeightSource(
 )
 
 LAYERS = {
-    "backbone": (2048, "global-average-pooled layer4 features"),
-    "layer3": (1024, "global-average-pooled layer3 features"),
-    "head": (128, "projection head output (2048-2048-128 MLP with batch norm), L2-normalised"),
-    "prototypes": (3000, "scores against the 3000 prototypes (normalised head output, prototype weights as stored)"),
+    "backbone": Layer(2048, "global-average-pooled layer4 features"),
+    "layer3": Layer(1024, "global-average-pooled layer3 features"),
+    "head": Layer(128, "projection head output (2048-2048-128 MLP with batch norm), L2-normalised"),
+    "prototypes": Layer(3000, "scores against the 3000 prototypes (normalised head output, prototype weights as stored)"),
 }
 
 HIDDEN, OUT, N_PROTOTYPES = 2048, 128, 3000

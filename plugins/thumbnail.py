@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rcdm_cli.plugin import BuildRequest, EncoderSpec, Preprocessing, UsageError, hookimpl
+from rcdm_cli.plugin import BuildRequest, EncoderSpec, Layer, Preprocessing, UsageError, hookimpl
 
 # Cells per side of each layer's grid.
 GRIDS = {"backbone": 4, "8x8": 8, "2x2": 2}
@@ -42,9 +42,9 @@ def register_encoders(register):
             description="the image averaged onto a coarse grid: keeps colour and layout only (no weights; a baseline)",
             build=build,
             layers={
-                "backbone": (48, "mean colour of each cell of a 4x4 grid"),
-                "8x8": (192, "mean colour of each cell of an 8x8 grid"),
-                "2x2": (12, "mean colour of each quarter of the image"),
+                "backbone": Layer(48, "mean colour of each cell of a 4x4 grid"),
+                "8x8": Layer(192, "mean colour of each cell of an 8x8 grid"),
+                "2x2": Layer(12, "mean colour of each quarter of the image"),
             },
             preprocessing=Preprocessing("thumbnail", size=64, resize="adm", resize_to=None, mean=(0.5,) * 3, std=(0.5,) * 3),
         )

@@ -22,6 +22,7 @@ from rcdm_cli.encoders.weights import rename_keys
 from rcdm_cli.plugin import (
     BuildRequest,
     EncoderSpec,
+    Layer,
     Preprocessing,
     UsageError,
     WeightSource,
@@ -51,8 +52,8 @@ V2 = WeightSource(
 )
 
 RESNET_LAYERS = {
-    "backbone": (2048, "global-average-pooled layer4 features"),
-    "layer3": (1024, "global-average-pooled layer3 features"),
+    "backbone": Layer(2048, "global-average-pooled layer4 features"),
+    "layer3": Layer(1024, "global-average-pooled layer3 features"),
 }
 
 
@@ -93,7 +94,7 @@ def register_encoders(register):
             name="supervised",
             description="ResNet-50 trained with ImageNet labels (torchvision)",
             build=build_supervised,
-            layers={**RESNET_LAYERS, "logits": (1000, "ImageNet class logits")},
+            layers={**RESNET_LAYERS, "logits": Layer(1000, "ImageNet class logits")},
             weights=(V1, V2),
         )
     )

@@ -22,6 +22,7 @@ from rcdm_cli.encoders.weights import rename_keys
 from rcdm_cli.plugin import (
     BuildRequest,
     EncoderSpec,
+    Layer,
     RcdmError,
     WeightSource,
     find_state_dict,
@@ -41,9 +42,9 @@ FULLCKPT = WeightSource(
 )
 
 LAYERS = {
-    "backbone": (2048, "global-average-pooled layer4 features"),
-    "layer3": (1024, "global-average-pooled layer3 features"),
-    "head": (8192, "expander output (Linear-BN-ReLU x2, Linear), as RCDM computed it"),
+    "backbone": Layer(2048, "global-average-pooled layer4 features"),
+    "layer3": Layer(1024, "global-average-pooled layer3 features"),
+    "head": Layer(8192, "expander output (Linear-BN-ReLU x2, Linear), as RCDM computed it"),
 }
 
 
