@@ -26,7 +26,7 @@ import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from rcdm_cli import __version__
 from rcdm_cli.errors import RcdmError
@@ -50,6 +50,23 @@ def cache_path(*parts: str) -> Path:
 
 def offline() -> bool:
     return os.environ.get("RCDM_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def check_offline(needed: Iterable[tuple[str, Path] | None]) -> None:
+    """With RCDM_OFFLINE, before the first file is fetched: name every file a run
+    needs (``(url, path)``; None for one it does not) that is not in the cache, in one
+    error, rather than the first one now and the next after it has been fetched by
+    hand. A single missing file is left to the download's own error, which says the
+    same of it."""
+    if not offline():
+        return
+    missing = [file for file in needed if file is not None and not Path(file[1]).exists()]
+    if len(missing) > 1:
+        listed = "; ".join(f"{url} -> {path}" for url, path in missing)
+        raise RcdmError(
+            f"{len(missing)} files are not in the cache and RCDM_OFFLINE is set; download them by other means and "
+            f"put them in place: {listed}"
+        )
 
 
 def sha256sum(path: Path) -> str:

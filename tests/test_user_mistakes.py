@@ -87,6 +87,14 @@ def test_offline_names_every_missing_file_at_once(capsys, image, tmp_path, monke
     code, line = _error(capsys, "sample", image, "-c", "released:dino-head", "-o", tmp_path / "o")
     assert code == 1 and "2 files are not in the cache and RCDM_OFFLINE is set" in line
     assert "rcdm_ema_dino_head.pt -> " in line and "dino_resnet50_pretrain_full_checkpoint.pth -> " in line
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (32, 32)).save(data / "a.png")
+    code, line = _error(capsys, "train", data, "--encoder", "dino", "--preset", "rcdm-128", "--init", "released:dino-backbone",
+                        "--steps", 1, "--out", tmp_path / "run")
+    assert code == 1 and "2 files are not in the cache and RCDM_OFFLINE is set" in line
+    assert "rcdm_ema_dino_trunk.pt -> " in line and "dino_resnet50_pretrain_full_checkpoint.pth -> " in line
+    assert not (tmp_path / "run").exists()
 
 
 def test_non_finite_numbers_are_refused_before_any_work(capsys, tmp_path):

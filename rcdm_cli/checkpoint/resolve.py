@@ -61,6 +61,15 @@ def released_path(name: str) -> Path:
     return cache_path("checkpoints", get_released(name).filename)
 
 
+def released_download(spec: str) -> tuple[str, Path] | None:
+    """``(url, cache path)`` of the released checkpoint ``spec`` names
+    (``released:NAME``); None for any other checkpoint (nothing to download)."""
+    if not spec.startswith("released:"):
+        return None
+    name = spec[len("released:"):]
+    return get_released(name).url, released_path(name)
+
+
 def weight_set_name(meta: CheckpointMeta, wanted: str | None, source: str) -> str:
     """The stored set that ``wanted`` names: None, the checkpoint's default; ``ema``,
     its default moving average (a run's first --ema rate); ``model``, the raw

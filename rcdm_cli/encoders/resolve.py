@@ -19,7 +19,7 @@ from rcdm_cli.download_cache import Progress
 from rcdm_cli.encoders.encoder import Encoder, UnknownLayer, unknown_layer
 from rcdm_cli.encoders.names import EncoderName
 from rcdm_cli.encoders.spec import BuildRequest, EncoderSpec, Layer, WeightSource
-from rcdm_cli.encoders.weights import fetch_weights
+from rcdm_cli.encoders.weights import encoder_cache_dir, fetch_weights
 from rcdm_cli.errors import UsageError
 from rcdm_cli.preprocessing import RCDM, Preprocessing
 
@@ -93,6 +93,13 @@ class ResolvedEncoder:
 
     def with_layer(self, layer: str | None) -> "ResolvedEncoder":
         return replace(self, layer=self.check_layer(layer or self.spec.default_layer))
+
+    def download(self) -> tuple[str, Path] | None:
+        """``(url, cache path)`` of the published weights the build would fetch; None
+        with a local weights file or for an encoder without published weights."""
+        if self.weights_path is not None or self.source is None or not self.source.url:
+            return None
+        return self.source.url, encoder_cache_dir() / self.source.file_name
 
     def build(self, device: torch.device | str = "cpu", progress: Progress | None = None, seed: int = 0) -> Encoder:
         """The encoder with its published (or local) weights, frozen; downloads the

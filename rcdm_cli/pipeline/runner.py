@@ -17,7 +17,6 @@ from rcdm_cli.checkpoint.hashing import file_sha256
 from rcdm_cli.checkpoint.resolve import ResolvedCheckpoint, resolve_checkpoint
 from rcdm_cli.download_cache import Progress
 from rcdm_cli.encoders import Encoder, UnknownLayer, resolve_encoder
-from rcdm_cli.errors import RcdmError
 from rcdm_cli.pipeline.conditioning import ConditioningPlan, default_checkpoint, plan_conditioning
 from rcdm_cli.pipeline.diagnostics import conditioning_effect
 from rcdm_cli.pipeline.model import RCDMModel
@@ -143,29 +142,11 @@ class RCDMRun:
 
 
 def _check_offline_files(spec: str, plan: ConditioningPlan | None) -> None:
-    """With RCDM_OFFLINE, before the first file is fetched: name every file the run
-    needs that is not in the cache (the released checkpoint and the encoder's
-    weights) in one error, rather than the first one now and the next after it has
-    been fetched by hand."""
-    from rcdm_cli.checkpoint.released import get_released
-    from rcdm_cli.checkpoint.resolve import released_path
-    from rcdm_cli.download_cache import offline
-    from rcdm_cli.encoders.weights import encoder_cache_dir
+    """The released checkpoint and the encoder's weights, missing offline, in one error."""
+    from rcdm_cli.checkpoint.resolve import released_download
+    from rcdm_cli.download_cache import check_offline
 
-    if not offline():
-        return
-    missing = []
-    if spec.startswith("released:"):
-        entry, path = get_released(spec[len("released:"):]), released_path(spec[len("released:"):])
-        if not path.exists():
-            missing.append((entry.url, path))
-    if plan is not None and plan.weights_path is None:
-        source = (plan.resolved or resolve_encoder(plan.encoder, plan.layer)).source
-        if source is not None and source.url and not (encoder_cache_dir() / source.file_name).exists():
-            missing.append((source.url, encoder_cache_dir() / source.file_name))
-    if len(missing) > 1:
-        listed = "; ".join(f"{url} -> {path}" for url, path in missing)
-        raise RcdmError(
-            f"{len(missing)} files are not in the cache and RCDM_OFFLINE is set; download them by other means and "
-            f"put them in place: {listed}"
-        )
+    weights = None
+    if plan is not None and plan.weights_path is None:  # a local --weights file needs no download
+        weights = (plan.resolved or resolve_encoder(plan.encoder, plan.layer)).download()
+    check_offline([released_download(spec), weights])

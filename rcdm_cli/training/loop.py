@@ -38,10 +38,12 @@ from torch import nn
 from rcdm_cli.acceleration import CompiledOrEager, autocast, check_precision, memory_format, warn_if_emulated
 from rcdm_cli.checkpoint.hashing import file_sha256
 from rcdm_cli.checkpoint.metadata import EncoderInfo
+from rcdm_cli.checkpoint.resolve import released_download
 from rcdm_cli.checkpoint.rundir import RunDir
 from rcdm_cli.diffusion.gaussian import GaussianDiffusion
 from rcdm_cli.diffusion.timestep_samplers import create_timestep_sampler
 from rcdm_cli.diffusion.unet import UNet, count_parameters
+from rcdm_cli.download_cache import check_offline
 from rcdm_cli.encoders import Encoder, resolve_encoder
 from rcdm_cli.errors import RcdmError, UsageError
 from rcdm_cli.preprocessing import RCDM, Preprocessing
@@ -157,6 +159,10 @@ class Trainer(RunState, Previews):
             self.parent_record = self.run_dir.read_config().get("parent")
         elif config.init:
             self.parent = resolve_parent(config.init, self.unet_config, self.diffusion_config)
+        check_offline([  # the encoder's weights and the parent, missing offline, in one error
+            None if config.weights else resolved.download(),
+            released_download(config.init) if self.parent is not None else None,
+        ])
         if resume:
             self._check_resumable()
         # joined last: every check above needs no other process, and fails alone
