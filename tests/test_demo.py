@@ -38,8 +38,12 @@ def test_scenes_are_reproducible_and_record_their_factors():
 @pytest.mark.slow
 def test_shrunk_demo_writes_a_report_that_matches_what_ran(tmp_path):
     out = tmp_path / "demo"
-    result = run_demo(DemoSettings(out=out, **TINY), torch.device("cpu"))
+    progress = []
+    result = run_demo(DemoSettings(out=out, **TINY), torch.device("cpu"), progress=lambda *p: progress.append(p))
     summary = json.loads((out / "demo.json").read_text())
+    # every sampling call of each model has a bar that reaches its end: the scenes' samples, then each augmentation's
+    ends = [task for task, done, total in progress if "sampling" in task and done == total]
+    assert ends == [f"scenes-simclr/{role}: sampling 8 images" for role in ("backbone", "head") for _ in range(3)]
     assert summary["findings"] == json.loads(json.dumps(result["findings"]))
     roles = [r["role"] for r in result["representations"]]
     assert roles == ["backbone", "head"]

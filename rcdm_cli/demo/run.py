@@ -181,14 +181,22 @@ def _train(
     return {"checkpoint": str(out), "steps": summary.step, "train_seconds": round(time.perf_counter() - started, 1)}
 
 
-def _measure(run: RCDMRun, pictures, specs, settings: DemoSettings, event) -> dict:
+def _measure(run: RCDMRun, pictures, specs, settings: DemoSettings, event, progress: Progress, label: str) -> dict:
     """Everything the report shows of one model, from one set of samples."""
     # 32 images per network call: faster than 64 or 128 on a 2-core CPU (caches)
     options = SamplingOptions(sampler=settings.sampler, steps=settings.sampling_steps, seed=settings.seed, batch_size=32)
     reps = run.encode(pictures)
+
+    def sample(reps, count, opts):  # each call (the scenes, then each augmentation's views) gets its own bar
+        task = f"{label}: sampling {reps.shape[0] * count} images"
+        return run.sample(
+            reps, count, opts,
+            progress=lambda p: progress(task, (p.batch - 1) * p.steps + p.step, p.batches * p.steps),
+        )
+
     measured = measure_attributes(
         run, pictures, specs, settings.samples, options, augmentations=settings.augmentations,
-        encode=lambda images: run.encode(images), event=event,
+        encode=lambda images: run.encode(images), sample=sample, event=event,
     )
     samples = measured.samples
     flat = [to_pil(s) for s in samples.reshape(-1, *samples.shape[2:])]
@@ -208,7 +216,8 @@ def run_demo(
     progress: Progress = lambda task, done, total: None,
 ) -> dict:
     """``event`` receives a line per phase; ``progress(task, done, total)`` the work
-    within the long ones (each model's training steps, its feature cache), for a bar."""
+    within the long ones (each model's training steps, its feature cache, its
+    sampling), for a bar."""
     out = settings.out
     _claim(out, settings.seed, event)
     started = time.perf_counter()
@@ -239,7 +248,7 @@ def run_demo(
         run = RCDMRun.prepare(checkpoint=model["checkpoint"], device=device)
         label = f"{get_registry().display_name(run.plan.encoder)}/{run.plan.layer}"
         event(f"{label}: sampling {settings.samples} images for each of {len(pictures)} held-out scenes")
-        results[role] = _measure(run, pictures, specs, settings, event)
+        results[role] = _measure(run, pictures, specs, settings, event, progress, label)
         measured = results[role]["measured"]
         records[role] = {
             "role": role, "label": label, "encoder": run.plan.encoder, "layer": run.plan.layer, **model,
