@@ -3,125 +3,98 @@ RCDMs keep, and its tables (shared with ``evaluate table --metric attributes``).
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from rcdm_cli.cli.completion import complete_attribute, complete_augmentation
-from rcdm_cli.cli.console import log, print_json, settings
-from rcdm_cli.cli.downloads import download_progress
-from rcdm_cli.cli.evaluate.report import finish, print_table, short_checkpoint
-from rcdm_cli.cli.options import (
-    BATCH,
-    COMPILE,
-    ENCODER,
-    ETA,
-    GUIDANCE,
-    LAYER,
-    PRECISION,
-    PREPROCESSING,
-    SAMPLER,
-    SEED,
-    STEPS,
-    WEIGHT_SET,
-    WEIGHTS,
-)
+from rcdm_cli.cli.console import log, print_json
+from rcdm_cli.cli.evaluate.report import NO_RESULTS, finish, print_table, short_checkpoint
+from rcdm_cli.cli.options import ModelChoice, SamplingChoice, model_and_sampling
 from rcdm_cli.errors import UsageError
 
+CHECKPOINTS = typer.Option(
+    None, "--checkpoint", "-c",
+    help="released:NAME, a checkpoint file or a run folder; repeat to compare representations "
+    "(default: the released model of --encoder/--layer).",
+)
 
+
+SAMPLES = typer.Option(4, "-n", "--num-samples", help="Samples per conditioning image (K, at least 2).")
+ATTRIBUTE = typer.Option(
+    None, "--attribute", help="An attribute or a group (image, scene); repeat (default: the image group).",
+    autocompletion=complete_attribute,
+)
+AUGMENT = typer.Option(
+    None, "--augment", "--augmentation",
+    help="Also condition on this augmentation of each image; repeat (the augmentations of `rcdm evaluate invariance`).",
+    autocompletion=complete_augmentation,
+)
+RESULTS = typer.Option(
+    Path("rcdm-results.jsonl"), "--results",
+    help="JSON-lines file the results are appended to (one record per representation).",
+)
+JSON = typer.Option(False, "--json", help="Print the results as JSON on stdout.")
+
+
+def repeatable_checkpoint(command):
+    """Comparing representations means several models in one run, so here --checkpoint
+    repeats (with its own help) where the shared model block has one; the command
+    finds the list in ``model.checkpoint``."""
+    signature = inspect.signature(command)
+    params = [
+        p.replace(default=CHECKPOINTS, annotation=Optional[List[str]]) if p.name == "checkpoint" else p
+        for p in signature.parameters.values()
+    ]
+    command.__signature__ = signature.replace(parameters=params)
+    command.__annotations__ = {**command.__annotations__, "checkpoint": Optional[List[str]]}
+    return command
+
+
+@repeatable_checkpoint
+@model_and_sampling
 def evaluate_attributes(
-    images: List[str] = typer.Argument(..., help="Conditioning images: files, folders, globs, or - to read paths from stdin."),
-    checkpoint: Optional[List[str]] = typer.Option(
-        None, "--checkpoint", "-c",
-        help="released:NAME, a checkpoint file or a run folder; repeat to compare representations "
-        "(default: the released model of --encoder/--layer).",
+    images: List[str] = typer.Argument(
+        ..., help="Conditioning images: files, folders, globs, or - to read paths from stdin."
     ),
-    encoder: Optional[str] = ENCODER,
-    layer: Optional[str] = LAYER,
-    weights: Optional[Path] = WEIGHTS,
-    preprocessing: Optional[str] = PREPROCESSING,
-    n: int = typer.Option(4, "-n", "--num-samples", help="Samples per conditioning image (K, at least 2)."),
-    attribute: Optional[List[str]] = typer.Option(
-        None, "--attribute", help="An attribute or a group (image, scene); repeat (default: the image group).",
-        autocompletion=complete_attribute,
-    ),
-    augment: Optional[List[str]] = typer.Option(
-        None, "--augment", "--augmentation",
-        help="Also condition on this augmentation of each image; repeat (the augmentations of `rcdm evaluate invariance`).",
-        autocompletion=complete_augmentation,
-    ),
+    model: ModelChoice = None,
+    n: int = SAMPLES,
+    attribute: Optional[List[str]] = ATTRIBUTE,
+    augment: Optional[List[str]] = AUGMENT,
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Use the first N images only."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the numbers as a bar chart (PNG)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --plot file."),
-    sampler: str = SAMPLER,
-    steps: str = STEPS,
-    eta: Optional[float] = ETA,
-    seed: int = SEED,
-    batch_size: int = BATCH,
-    precision: str = PRECISION,
-    compile_: bool = COMPILE,
-    guidance: float = GUIDANCE,
-    weight_set: Optional[str] = WEIGHT_SET,
-    results: Path = typer.Option(Path("rcdm-results.jsonl"), "--results", help="JSON-lines file the results are appended to (one record per representation)."),
-    no_results: bool = typer.Option(False, "--no-results", help="Do not append to the results file."),
-    json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+    sampling: SamplingChoice = None,
+    results: Path = RESULTS,
+    no_results: bool = NO_RESULTS,
+    json_out: bool = JSON,
 ) -> None:
     """Which visual attributes the samples keep: per attribute and representation, the
     rank of the conditioning image by attribute distance to its samples (MRR against
     chance) and the spread of the attribute among one image's samples (0: fixed by the
     representation, 1: free). With --augment, how much of each augmentation's change
     the samples carry."""
-    from rcdm_cli.cli.common import sample_with_progress
-    from rcdm_cli.cli.evaluate.progress import encoding_with_progress
-    from rcdm_cli.devices import resolve_device
-    from rcdm_cli.evaluation.attributes import (
-        attribute_record, check_augmentations, measure_attributes, select_attributes,
-    )
+    from rcdm_cli.cli.common import prepare_run
+    from rcdm_cli.evaluation.attributes import check_augmentations, select_attributes
     from rcdm_cli.evaluation.charts import save_attribute_chart
-    from rcdm_cli.evaluation.inputs import evaluation_images
     from rcdm_cli.evaluation.results import append_result
     from rcdm_cli.fileio import check_writable
     from rcdm_cli.inputs import load_image
-    from rcdm_cli.pipeline.runner import RCDMRun
-    from rcdm_cli.pipeline.sampling import SamplingOptions
 
-    specs = select_attributes(attribute)
-    augs = check_augmentations(augment or [])
-    if n < 2:
-        raise UsageError(f"-n must be at least 2 (the spread compares samples of one image), got {n}")
-    paths = evaluation_images(images, max_images)
-    if len(paths) < 2:
-        raise UsageError("measuring attributes needs at least two conditioning images")
+    specs, augs = select_attributes(attribute), check_augmentations(augment or [])
+    paths = _images(images, max_images, n)
     if plot is not None:
         check_writable([plot], overwrite)
-    checkpoints = list(dict.fromkeys(checkpoint or [None]))
-    if len(checkpoints) > 1 and (encoder or layer or weights or preprocessing):
-        raise UsageError("--encoder, --layer, --weights and --preprocessing apply to one --checkpoint; each checkpoint brings its own")
-    device = resolve_device(settings.device)
-    runs = [
-        RCDMRun.prepare(
-            checkpoint=c, encoder=encoder, layer=layer, weights=weights, preprocessing=preprocessing, device=device,
-            download_progress=download_progress(), weight_set=weight_set,
-        )
-        for c in checkpoints
-    ]
-    options = SamplingOptions(
-        sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_, guidance=guidance,
-    )
-    per_run = [run.resolve(options) for run in runs]  # "auto" may mean another sampler for each model
-    steps_per_sample = [run.check(None, n, o).num_timesteps for run, o in zip(runs, per_run)]  # all checked before work
+    # every model checked before any work ("auto" may mean another sampler for each)
+    prepared = [prepare_run(one, sampling, n) for one in _models(model)]
     pictures = [load_image(p) for p in paths]
-    records = []
-    for run, options, calls in zip(runs, per_run, steps_per_sample):
-        encode = encoding_with_progress(run, batch_size)
-        measured = measure_attributes(
-            run, pictures, specs, n, options, augmentations=augs,
-            sample=lambda reps, count, opts, run=run, calls=calls: sample_with_progress(run, reps, count, opts, calls),
-            encode=lambda images, encode=encode: encode(images, "images"),
-            event=lambda message: log.info("%s", message),
-        )
-        records.append(append_result(None if no_results else results, attribute_record(run, measured, paths, options, n)))
+    records = [
+        append_result(None if no_results else results, _measure(*run, pictures, paths, specs, augs, n))
+        for run in prepared
+    ]
     if plot is not None:
         save_attribute_chart(plot, chart_labels(records))
     if json_out:
@@ -134,6 +107,46 @@ def evaluate_attributes(
     )
 
 
+def _images(images: list[str], max_images: int | None, n: int) -> list[Path]:
+    """The conditioning images, refused when too few samples or images leave nothing
+    to compare (the spread compares samples of one image, the rank the images)."""
+    from rcdm_cli.evaluation.inputs import evaluation_images
+
+    if n < 2:
+        raise UsageError(f"-n must be at least 2 (the spread compares samples of one image), got {n}")
+    paths = evaluation_images(images, max_images)
+    if len(paths) < 2:
+        raise UsageError("measuring attributes needs at least two conditioning images")
+    return paths
+
+
+def _models(model: ModelChoice) -> list[ModelChoice]:
+    """One model per --checkpoint (each once); the encoder options only go with one."""
+    checkpoints = list(dict.fromkeys(model.checkpoint or [None]))
+    if len(checkpoints) > 1 and model.names_an_encoder:
+        raise UsageError(
+            "--encoder, --layer, --weights and --preprocessing apply to one --checkpoint; "
+            "each checkpoint brings its own"
+        )
+    return [replace(model, checkpoint=c) for c in checkpoints]
+
+
+def _measure(run, options, diffusion, pictures, paths, specs, augs, n: int) -> dict:
+    """One representation's record, its encoding and sampling under progress bars."""
+    from rcdm_cli.cli.common import sample_with_progress
+    from rcdm_cli.cli.evaluate.progress import encoding_with_progress
+    from rcdm_cli.evaluation.attributes import attribute_record, measure_attributes
+
+    encode = encoding_with_progress(run, options.batch_size)
+    measured = measure_attributes(
+        run, pictures, specs, n, options, augmentations=augs,
+        sample=lambda reps, count, opts: sample_with_progress(run, reps, count, opts, diffusion.num_timesteps),
+        encode=lambda images: encode(images, "images"),
+        event=lambda message: log.info("%s", message),
+    )
+    return attribute_record(run, measured, paths, options, n)
+
+
 def _cell(value, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -142,6 +155,18 @@ def print_attribute_tables(records: list[dict]) -> None:
     """The attribute table (rows: attributes; a column per representation: MRR and
     spread) and, with augmentations, the carried table, each within 80 columns."""
     labels = _labels(records)
+    print_table("what the samples keep (retrieval by attribute, spread)", *_kept(records, labels), whole=(0,))
+    carried = _carried(records, labels)
+    if carried:
+        print_table(
+            "what the samples carry of each augmentation", *carried,
+            "carried: the samples' change of the attribute over the image's (1 = not invariant, 0 = invariant)",
+            whole=(0,),
+        )
+
+
+def _kept(records: list[dict], labels: list[str]) -> tuple[list[str], list[list[str]], str]:
+    """Columns, rows and caption of the attribute table."""
     attributes = list(dict.fromkeys(a for r in records for a in r["attributes"]))
     columns = ["attribute", "MRR\nceiling"] + [f"{_header(label)}\nMRR / spread" for label in labels]
     rows = []
@@ -152,21 +177,30 @@ def print_attribute_tables(records: list[dict]) -> None:
             score = r["attributes"].get(name) or {}
             row.append(f"{_cell(score.get('mrr'), 3)} / {_cell(score.get('spread'))}")
         rows.append(row)
-    first = {key: (next(iter(r["attributes"].values()), None) or {}).get(key) for r in records for key in ("chance_mrr", "chance_spread")}
+    first = {
+        key: (next(iter(r["attributes"].values()), None) or {}).get(key)
+        for r in records for key in ("chance_mrr", "chance_spread")
+    }
     shared = {(r.get("images"), r.get("samples_per_image")) for r in records}
-    caption = "MRR ceiling: samples that reproduce the attribute exactly (images that share it tie); spread: 0 = fixed by the representation, 1 = free"
+    caption = (
+        "MRR ceiling: samples that reproduce the attribute exactly (images that share it tie); "
+        "spread: 0 = fixed by the representation, 1 = free"
+    )
     if len(shared) == 1:
         images, k = next(iter(shared))
         caption = (f"{images} images × {k} samples; chance: MRR {_cell(first['chance_mrr'], 3)}, "
                    f"spread {_cell(first['chance_spread'])}; " + caption)
-    print_table("what the samples keep (retrieval by attribute, spread)", columns, rows, caption, whole=(0,))
+    return columns, rows, caption
 
+
+def _carried(records: list[dict], labels: list[str]) -> tuple[list[str], list[list[str]]] | None:
+    """Columns and rows of the carried table; None without an augmentation that changes an attribute."""
     pairs = list(dict.fromkeys(
         (aug, attr) for r in records for aug, block in (r.get("augmentations") or {}).items()
         for attr in block["attributes"] if attr in block.get("changes", [])
     ))
     if not pairs:
-        return
+        return None
     columns = ["augmentation:\nattribute"] + [f"{_header(label)}\ncarried [95% CI]" for label in labels]
     rows = []
     for aug, attr in pairs:
@@ -176,10 +210,7 @@ def print_attribute_tables(records: list[dict]) -> None:
             carried = found.get("carried")
             row.append("-" if carried is None else f"{carried:.2f}\n[{found['ci_low']:.2f}, {found['ci_high']:.2f}]")
         rows.append(row)
-    print_table(
-        "what the samples carry of each augmentation", columns, rows,
-        "carried: the samples' change of the attribute over the image's (1 = not invariant, 0 = invariant)", whole=(0,),
-    )
+    return columns, rows
 
 
 def _header(label: str, width: int = 16) -> str:

@@ -7,75 +7,39 @@ from typing import List, Optional
 
 import typer
 
-from rcdm_cli.cli.console import settings
-from rcdm_cli.cli.downloads import download_progress
 from rcdm_cli.cli.evaluate.report import JSON, NO_RESULTS, RESULTS, number, report, short_checkpoint
-from rcdm_cli.cli.options import (
-    BATCH,
-    CHECKPOINT,
-    COMPILE,
-    ENCODER,
-    ETA,
-    GUIDANCE,
-    LAYER,
-    PRECISION,
-    PREPROCESSING,
-    SAMPLER,
-    SEED,
-    STEPS,
-    WEIGHT_SET,
-    WEIGHTS,
-)
+from rcdm_cli.cli.options import ModelChoice, SamplingChoice, model_and_sampling
 
 TITLE = "faithfulness (rank of the conditioning image)"
 
 
+@model_and_sampling
 def rank(
-    images: List[str] = typer.Argument(..., help="Conditioning images: files, folders, globs, or - to read paths from stdin."),
+    images: List[str] = typer.Argument(
+        ..., help="Conditioning images: files, folders, globs, or - to read paths from stdin."
+    ),
     n: int = typer.Option(4, "-n", "--num-samples", help="Samples per conditioning image (K)."),
     metric: str = typer.Option("cosine", "--metric", help="cosine or l2."),
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Use the first N images only."),
-    checkpoint: Optional[str] = CHECKPOINT,
-    encoder: Optional[str] = ENCODER,
-    layer: Optional[str] = LAYER,
-    weights: Optional[Path] = WEIGHTS,
-    preprocessing: Optional[str] = PREPROCESSING,
-    sampler: str = SAMPLER,
-    steps: str = STEPS,
-    eta: Optional[float] = ETA,
-    seed: int = SEED,
-    batch_size: int = BATCH,
-    precision: str = PRECISION,
-    compile_: bool = COMPILE,
-    guidance: float = GUIDANCE,
-    weight_set: Optional[str] = WEIGHT_SET,
+    model: ModelChoice = None,
+    sampling: SamplingChoice = None,
     results: Path = RESULTS,
     no_results: bool = NO_RESULTS,
     json_out: bool = JSON,
 ) -> None:
     """Faithfulness: rank each conditioning image among all of them by similarity to
     its samples' representations (mean rank, MRR, top-1, top-5)."""
-    from rcdm_cli.cli.common import sample_with_progress
+    from rcdm_cli.cli.common import prepare_run, sample_with_progress
     from rcdm_cli.cli.evaluate.progress import encoding_with_progress
-    from rcdm_cli.devices import resolve_device
     from rcdm_cli.evaluation.faithfulness import check_rank_request, measure_faithfulness
     from rcdm_cli.evaluation.inputs import evaluation_images
-    from rcdm_cli.pipeline.runner import RCDMRun
-    from rcdm_cli.pipeline.sampling import SamplingOptions
 
     paths = evaluation_images(images, max_images)
     check_rank_request(metric, paths)
-    run = RCDMRun.prepare(
-        checkpoint=checkpoint, encoder=encoder, layer=layer, weights=weights, preprocessing=preprocessing,
-        device=resolve_device(settings.device), download_progress=download_progress(), weight_set=weight_set,
-    )
-    options = run.resolve(SamplingOptions(
-        sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision, compile=compile_, guidance=guidance,
-    ))
-    calls = run.check(None, n, options).num_timesteps  # every check before any weights load
+    run, options, diffusion = prepare_run(model, sampling, n)  # every check before any weights load
     record = measure_faithfulness(
-        run, paths, n, options, metric, encode=encoding_with_progress(run, batch_size),
-        sample=lambda reps, count, opts: sample_with_progress(run, reps, count, opts, calls),
+        run, paths, n, options, metric, encode=encoding_with_progress(run, sampling.batch_size),
+        sample=lambda reps, count, opts: sample_with_progress(run, reps, count, opts, diffusion.num_timesteps),
     )
     columns, cells, caption = rank_view([{**record, "checkpoint": run.spec}])
     report(record, results, no_results, json_out, TITLE, cells, columns, caption)
