@@ -30,8 +30,12 @@ def invariance(
         autocompletion=complete_layer,
     ),
     weights: Optional[Path] = WEIGHTS,
-    preprocessing: Optional[str] = typer.Option(None, "--preprocessing", help="native or rcdm (default: the checkpoint's, else native)."),
-    augmentation: List[str] = typer.Option(None, "--augmentation", "-a", help="Augmentation; repeat (default: all).", autocompletion=complete_augmentation),
+    preprocessing: Optional[str] = typer.Option(
+        None, "--preprocessing", help="native or rcdm (default: the checkpoint's, else native)."
+    ),
+    augmentation: List[str] = typer.Option(
+        None, "--augmentation", "-a", help="Augmentation; repeat (default: all).", autocompletion=complete_augmentation
+    ),
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Use the first N images only."),
     n: int = typer.Option(4, "-n", "--num-samples", help="Samples per augmentation with --checkpoint."),
     steps: str = STEPS,
@@ -48,57 +52,81 @@ def invariance(
 ) -> None:
     """Similarity between each image's representation and its augmented view's, per
     augmentation and layer (those SSL methods train with, and some they do not)."""
-    from rcdm_cli.cli.common import sample_with_progress
-    from rcdm_cli.cli.evaluate.progress import counting
     from rcdm_cli.devices import resolve_device
-    from rcdm_cli.evaluation.augmentation_grid import AugmentationGrid
-    from rcdm_cli.evaluation.augmentations import AUGMENTATIONS, check_augmentations
     from rcdm_cli.evaluation.encoding import build_encoder, measured_layers
     from rcdm_cli.evaluation.inputs import evaluation_images
-    from rcdm_cli.evaluation.invariance import invariance as measure
-    from rcdm_cli.evaluation.invariance import invariance_record
     from rcdm_cli.inputs import load_image
-    from rcdm_cli.pipeline.runner import RCDMRun
     from rcdm_cli.pipeline.sampling import SamplingOptions
+
+    augs = _check_request(checkpoint, encoder, augmentation, batch_size)
+    device = resolve_device(settings.device)
+    options = SamplingOptions(sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size,
+                              precision=precision)
+    grid = _grid(checkpoint, encoder, weights, preprocessing, device, options, n, out, overwrite)
+    plan = grid.run.plan if grid else None  # with a model: its encoder, weights, preprocessing and default layer
+    layers = measured_layers(plan.encoder, layer, default=[plan.layer]) if plan else measured_layers(encoder, layer)
+    pictures = [load_image(p) for p in evaluation_images(images, max_images)]
+    enc = grid.run.encoder if grid else build_encoder(
+        encoder, weights, preprocessing or "native", device, download_progress()
+    )
+    record, table = _measure(pictures, enc, layers, augs, seed, batch_size, grid)
+    report(record, results, no_results, json_out, f"cosine similarity to the augmented view ({enc.name})",
+           _rows(table, augs, layers), ("augmentation", "trained with", *layers),
+           written=(f"grid: {grid.path}" if grid else None,))
+
+
+def _check_request(checkpoint, encoder, augmentation: list[str], batch_size: int) -> list[str]:
+    """What can be refused before anything loads; the augmentations to measure."""
+    from rcdm_cli.evaluation.augmentations import AUGMENTATIONS, check_augmentations
 
     if checkpoint is None and encoder is None:
         raise UsageError("give --encoder, or --checkpoint for the representation a model is conditioned on")
     augs = check_augmentations(augmentation or list(AUGMENTATIONS))
     if batch_size < 1:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
-    device = resolve_device(settings.device)
-    grid = None
-    if checkpoint is not None:  # the encoder, its weights and preprocessing are the model's
-        run = RCDMRun.prepare(
-            checkpoint=checkpoint, encoder=encoder, weights=weights, preprocessing=preprocessing, device=device,
-            download_progress=download_progress(),
-        )
-        options = SamplingOptions(
-            sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, precision=precision
-        )
-        grid = AugmentationGrid.prepare(run, options, n, out, overwrite)
-        layers = measured_layers(run.plan.encoder, layer, default=[run.plan.layer])
-    else:
-        layers = measured_layers(encoder, layer)
-    paths = evaluation_images(images, max_images)
-    pictures = [load_image(p) for p in paths]
-    if grid is not None:
-        enc = grid.run.encoder
-    else:
-        enc = build_encoder(encoder, weights, preprocessing or "native", device, download_progress())
-    views = len(paths) * (1 + len(augs))
-    with StepProgress(f"measuring {len(augs)} augmentations on {len(paths)} images", views) as bar:
+    return augs
+
+
+def _grid(checkpoint, encoder, weights, preprocessing, device, options, n: int, out: Path, overwrite: bool):
+    """With --checkpoint, the grid of the model's samples per augmentation, every check of it made before any
+    weights load."""
+    if checkpoint is None:
+        return None
+    from rcdm_cli.evaluation.augmentation_grid import AugmentationGrid
+    from rcdm_cli.pipeline.runner import RCDMRun
+
+    run = RCDMRun.prepare(
+        checkpoint=checkpoint, encoder=encoder, weights=weights, preprocessing=preprocessing, device=device,
+        download_progress=download_progress(),
+    )
+    return AugmentationGrid.prepare(run, options, n, out, overwrite)
+
+
+def _measure(pictures, enc, layers: list[str], augs: list[str], seed: int, batch_size: int, grid) -> tuple[dict, dict]:
+    """The measurement under a bar that counts every view encoded, then the grid's samples under theirs:
+    (record, table)."""
+    from rcdm_cli.cli.common import sample_with_progress
+    from rcdm_cli.cli.evaluate.progress import counting
+    from rcdm_cli.evaluation.invariance import invariance as measure
+    from rcdm_cli.evaluation.invariance import invariance_record
+
+    views = len(pictures) * (1 + len(augs))
+    with StepProgress(f"measuring {len(augs)} augmentations on {len(pictures)} images", views) as bar:
         table = measure(pictures, enc, layers, augs, seed=seed, batch_size=batch_size, progress=counting(bar))
-    record = invariance_record(enc, layers, augs, len(paths), seed, table)
+    record = invariance_record(enc, layers, augs, len(pictures), seed, table)
     if grid is not None:
         record.update(grid.write(
             pictures[0], augs, seed,
             lambda reps, count, opts, **kw: sample_with_progress(grid.run, reps, count, opts, grid.network_calls, **kw),
         ))
-    rows = [
+    return record, table
+
+
+def _rows(table: dict, augs: list[str], layers: list[str]) -> list[tuple[str, ...]]:
+    from rcdm_cli.evaluation.augmentations import AUGMENTATIONS
+
+    return [
         (name, "yes" if AUGMENTATIONS[name].trained else "no",
          *(f"{table[name][lay]['mean']:.3f} ± {table[name][lay]['std']:.3f}" for lay in layers))
         for name in augs
     ]
-    report(record, results, no_results, json_out, f"cosine similarity to the augmented view ({enc.name})", rows,
-           ("augmentation", "trained with", *layers), written=(f"grid: {grid.path}" if grid else None,))
