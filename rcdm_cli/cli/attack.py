@@ -9,115 +9,101 @@ import typer
 
 from rcdm_cli.cli.console import log, print_json, status
 from rcdm_cli.cli.options import OVERWRITE, ModelChoice, SamplingChoice, model_and_sampling
-from rcdm_cli.errors import UsageError
-from rcdm_cli.folderlock import claim
+
+# the command's own options, in the order of its signature
+METHOD = typer.Option(
+    "pgd", "--method", "-m",
+    help="A torchattacks attack by name: fgsm, pgd, pgdl2, cw, deepfool, autoattack, square, ...",
+)
+EPS = typer.Option(
+    None, "--eps",
+    help="Perturbation budget, e.g. 8/255 (default: the method's own: 8/255 for L-inf attacks, 1.0 for pgdl2).",
+)
+ALPHA = typer.Option(None, "--alpha", help="Step size of iterative attacks (default: the method's own, 2/255 for pgd).")
+ATTACK_STEPS = typer.Option(
+    None, "--attack-steps",
+    help="Iterations of iterative attacks (default: the method's own: 10 for pgd, 50 for cw and deepfool).",
+)
+TARGET_CLASS = typer.Option(None, "--target-class", help="Targeted attack towards this class index.")
+OBJECTIVE = typer.Option(
+    "classifier", "--objective",
+    help="classifier (attack its prediction) or representation (push the representation away).",
+)
+NORM = typer.Option(
+    None, "--norm",
+    help="Linf or L2 ball: pgd in L2 is pgdl2; attacks with a norm parameter (apgd, autoattack, square, fab) get it.",
+)
+PROBE = typer.Option(
+    None, "--probe", help="A linear probe from `rcdm evaluate probe` (the classifier of SSL encoders)."
+)
+PARAM = typer.Option(None, "--param", help="Attack parameter key=value, passed to torchattacks; repeat.")
+SAMPLES = typer.Option(
+    8, "-n", "--num-samples", help="RCDM samples from each of the clean and adversarial representations."
+)
+JSON = typer.Option(False, "--json", help="Print the manifest (with the summary) as JSON on stdout.")
 
 
 @model_and_sampling
 def attack(
     images: List[str] = typer.Argument(..., help="Images to attack: files, folders, globs, or - for stdin."),
-    method: str = typer.Option("pgd", "--method", "-m", help="A torchattacks attack by name: fgsm, pgd, pgdl2, cw, deepfool, autoattack, square, ..."),
-    eps: Optional[str] = typer.Option(None, "--eps", help="Perturbation budget, e.g. 8/255 (default: the method's own: 8/255 for L-inf attacks, 1.0 for pgdl2)."),
-    alpha: Optional[str] = typer.Option(None, "--alpha", help="Step size of iterative attacks (default: the method's own, 2/255 for pgd)."),
-    attack_steps: Optional[int] = typer.Option(None, "--attack-steps", help="Iterations of iterative attacks (default: the method's own: 10 for pgd, 50 for cw and deepfool)."),
-    target_class: Optional[int] = typer.Option(None, "--target-class", help="Targeted attack towards this class index."),
-    objective: str = typer.Option("classifier", "--objective", help="classifier (attack its prediction) or representation (push the representation away)."),
-    norm: Optional[str] = typer.Option(None, "--norm", help="Linf or L2 ball: pgd in L2 is pgdl2; attacks with a norm parameter (apgd, autoattack, square, fab) get it."),
-    probe: Optional[Path] = typer.Option(None, "--probe", help="A linear probe from `rcdm evaluate probe` (the classifier of SSL encoders)."),
-    param: List[str] = typer.Option(None, "--param", help="Attack parameter key=value, passed to torchattacks; repeat."),
-    n: int = typer.Option(8, "-n", "--num-samples", help="RCDM samples from each of the clean and adversarial representations."),
+    method: str = METHOD,
+    eps: Optional[str] = EPS,
+    alpha: Optional[str] = ALPHA,
+    attack_steps: Optional[int] = ATTACK_STEPS,
+    target_class: Optional[int] = TARGET_CLASS,
+    objective: str = OBJECTIVE,
+    norm: Optional[str] = NORM,
+    probe: Optional[Path] = PROBE,
+    param: List[str] = PARAM,
+    n: int = SAMPLES,
     model: ModelChoice = None,
     sampling: SamplingChoice = None,
     out: Path = typer.Option(Path("attack"), "--out", "-o", help="Output folder."),
     overwrite: bool = OVERWRITE,
-    json_out: bool = typer.Option(False, "--json", help="Print the manifest (with the summary) as JSON on stdout."),
+    json_out: bool = JSON,
 ) -> None:
     """Attack images, then sample RCDM from the clean and the adversarial representation.
 
     Does the perturbation change what the representation says? A supervised
     ResNet-50's samples take the attacked class; SSL representations keep the content.
     """
-    import torch
-
-    from rcdm_cli.attacks import experiment
-    from rcdm_cli.attacks.methods import parse_params, parse_size
-    from rcdm_cli.attacks.outputs import AttackLayout, attack_manifest, classify_samples, write_images
+    from rcdm_cli.attacks.job import AttackJob, AttackRequest
     from rcdm_cli.cli.common import prepare_run, report_written, sample_with_progress
-    from rcdm_cli.encoders import get_registry
-    from rcdm_cli.evaluation.probe import Probe
-    from rcdm_cli.fileio import check_writable, write_json
-    from rcdm_cli.inputs import expand_inputs, load_image
-    from rcdm_cli.outputs import unique_names
+    from rcdm_cli.inputs import expand_inputs
 
     # 1. Everything that needs no weights is checked first.
-    if objective not in experiment.OBJECTIVES:
-        raise UsageError(f"--objective must be one of {', '.join(experiment.OBJECTIVES)}, got {objective!r}")
-    if sampling.batch_size < 1:
-        raise UsageError(f"--batch-size must be positive, got {sampling.batch_size}")
-    batch_size, seed = sampling.batch_size, sampling.seed
-    eps_v = parse_size(eps, "--eps") if eps is not None else None
-    alpha_v = parse_size(alpha, "--alpha") if alpha is not None else None
-    params = parse_params(param or [])
+    request = AttackRequest.parse(
+        objective=objective, method=method, eps=eps, alpha=alpha, steps=attack_steps, norm=norm,
+        target_class=target_class, params=param or [], batch_size=sampling.batch_size,
+    )
     paths = expand_inputs(images)
     run, options, diffusion = prepare_run(model, sampling, n)
-    probe_obj = Probe.load(probe) if probe else None
-    n_classes = experiment.classifier_size(get_registry().layers(run.plan.encoder)[0], probe_obj)
-    if objective == "classifier" and n_classes is None:
-        raise experiment.no_classifier(run.plan.encoder)
-    plan = experiment.plan(
-        objective=objective, method=method, eps=eps_v, alpha=alpha_v, steps=attack_steps, norm=norm,
-        target_class=target_class, params=params, n_classes=n_classes, seed=seed,
+    job = AttackJob.prepare(
+        request, run, options, diffusion.num_timesteps, paths, n=n, out=out, overwrite=overwrite, probe=probe,
+        event=lambda message: log.info("%s", message),
     )
-    if plan.method != method.lower():
-        log.info("%s in an %s ball is %s", method.lower(), norm, plan.method)
-    pictures = [load_image(p) for p in paths]
-    layout = AttackLayout(out, unique_names([p.stem for p in paths]))
-    claim(out, "attack")  # one run per folder: a second one started beside it fails here
-    check_writable(layout.planned(), overwrite)
+    # 2. The attack, and RCDM from both representations (rcdm_cli.attacks.job).
+    done = job.execute(status, sample=lambda reps, count, opts, **kw: sample_with_progress(
+        run, reps, count, opts, diffusion.num_timesteps, **kw))
+    _warn_if_rounding_undid(done.summary)
+    if json_out:
+        print_json(done.manifest)
+    else:
+        _print_tables(job.plan, done.representation, done.entries, done.summary, n, done.classified)
+    what = f"{len(paths)} attacked image(s) with {n} sample(s) from each representation"
+    report_written(what, out, done.seconds, job.layout.manifest_path)
 
-    # 2. The attack, on exactly the tensors that are saved.
-    with status(f"loading {run.plan.encoder}"):
-        enc = run.encoder
-    classifier = experiment.build_classifier(enc, probe_obj) if n_classes is not None else None
-    x = enc.prepare(pictures)
 
-    def represent(batch):
-        return enc(batch, run.plan.layer)
-
-    with status(f"attacking {len(paths)} image(s) with {plan.method}"):
-        outcome = experiment.attack_images(x, plan, classifier=classifier, represent=represent, batch_size=batch_size, seed=seed)
-    clean_reps, adv_reps = experiment.representations(outcome, represent, batch_size)
-    similarity = experiment.cosine(clean_reps, adv_reps)
-
-    # 3. RCDM from both representations, with the same noise, and what the classifier sees in the samples.
-    result = sample_with_progress(run, torch.cat([clean_reps, adv_reps]), n, options, diffusion.num_timesteps, same_noise=True)
-    sample_preds = None
-    if classifier is not None:
-        with status(f"classifying {result.samples.shape[0] * n} samples"):
-            sample_preds = classify_samples(enc, classifier, result.samples, batch_size).reshape(2, len(paths), n)
-    per_image = write_images(
-        layout, paths, outcome, (clean_reps, adv_reps), similarity, result.samples, classifier, sample_preds, plan.target_class,
-    )
-    summary = experiment.summarize(per_image, similarity, outcome.norms, n, classifier is not None)
-    manifest = attack_manifest(
-        plan, run, options, diffusion.num_timesteps, classifier=classifier, probe=probe, batch_size=batch_size,
-        summary=summary, entries=per_image, seeds=result.seeds[0], overview=layout.overview_path,
-    )
-    write_json(layout.manifest_path, manifest)
+def _warn_if_rounding_undid(summary: dict) -> None:
+    """Minimum-norm attacks stop just past the decision boundary, so the 8-bit image the
+    files hold may not fool the classifier; a reader would otherwise take it for a
+    failed attack."""
     undone = summary.get("images_where_rounding_undid_the_attack", 0)
     if undone:
         log.warning(
             "rounding the adversarial image to 8 bits undid the attack on %d image(s): minimum-norm attacks stop just "
             "past the decision boundary; raise --param overshoot (deepfool) or --param kappa (cw)", undone,
         )
-    if json_out:
-        print_json(manifest)
-    else:
-        _print_tables(plan, f"{enc.name}/{run.plan.layer}", per_image, summary, n, classifier is not None)
-    report_written(
-        f"{len(paths)} attacked image(s) with {n} sample(s) from each representation", out, result.seconds,
-        layout.manifest_path,
-    )
 
 
 def _print_tables(plan, where: str, per_image: list[dict], summary: dict, n: int, classified: bool) -> None:
