@@ -347,6 +347,32 @@ def test_summary_table_on_stdout(capsys, setup):
     assert "clean samples with the clean label" in out and f"{s['mean_cosine_similarity']:.4f}" in out
 
 
+
+def test_the_attack_flow_runs_without_the_command_line(capsys, setup):
+    """rcdm_cli.attacks.job is the command's flow: called directly, with its default
+    callbacks, it writes the manifest the command writes."""
+    from rcdm_cli.attacks.job import AttackJob, AttackRequest
+    from rcdm_cli.pipeline.runner import RCDMRun
+    from rcdm_cli.pipeline.sampling import SamplingOptions
+
+    images, ckpts, tmp = setup
+    code, out, err = rcdm(capsys, "attack", *images, "--method", "fgsm", "-c", ckpts["toy"], *FAST, "-o", tmp / "cli", "--json")
+    assert code == 0, err
+    by_command = json.loads(out)
+    run = RCDMRun.prepare(checkpoint=str(ckpts["toy"]))
+    options = run.resolve(SamplingOptions(sampler="ddim", steps="ddim2"))
+    request = AttackRequest.parse(
+        objective="classifier", method="fgsm", eps=None, alpha=None, steps=None, norm=None, target_class=None,
+        params=[], batch_size=options.batch_size,
+    )
+    calls = run.check(None, 2, options).num_timesteps
+    done = AttackJob.prepare(request, run, options, calls, list(images), n=2, out=tmp / "lib", overwrite=False).execute()
+    assert done.classified and done.representation == "toy/backbone"
+    assert done.summary == by_command["summary"] and done.manifest["seeds"] == by_command["seeds"]
+    assert json.loads((tmp / "lib" / "manifest.json").read_text())["summary"] == by_command["summary"]
+    assert (tmp / "lib" / "overview.png").exists()
+
+
 def test_fractions_and_method_table():
     assert parse_size("8/255") == pytest.approx(8 / 255) and parse_size("0.5") == 0.5
     names = available()
