@@ -14,28 +14,34 @@ from rcdm_cli.cli.evaluate.report import JSON, NO_RESULTS, RESULTS, report
 from rcdm_cli.cli.options import BATCH, ENCODER, ETA, PRECISION, SAMPLER, SEED, STEPS, WEIGHTS
 from rcdm_cli.errors import UsageError
 
+# the command's own options (where they differ from the shared ones), in the order of its signature
+CHECKPOINT = typer.Option(
+    None, "--checkpoint", "-c",
+    help="An RCDM (released:NAME, a checkpoint file or a run folder): measure the representation it is conditioned "
+    "on, and sample it per augmentation of the first image.",
+    autocompletion=complete_checkpoint,
+)
+LAYERS = typer.Option(
+    None, "--layer", "-l",
+    help="Layer; repeat (default: the checkpoint's, else backbone and head where it exists).",
+    autocompletion=complete_layer,
+)
+PREPROCESSING = typer.Option(
+    None, "--preprocessing", help="native or rcdm (default: the checkpoint's, else native)."
+)
+AUGMENTATION = typer.Option(
+    None, "--augmentation", "-a", help="Augmentation; repeat (default: all).", autocompletion=complete_augmentation
+)
+
 
 def invariance(
     images: List[str] = typer.Argument(..., help="Images: files, folders, globs, or - to read paths from stdin."),
-    checkpoint: Optional[str] = typer.Option(
-        None, "--checkpoint", "-c",
-        help="An RCDM (released:NAME, a checkpoint file or a run folder): measure the representation it is conditioned "
-        "on, and sample it per augmentation of the first image.",
-        autocompletion=complete_checkpoint,
-    ),
+    checkpoint: Optional[str] = CHECKPOINT,
     encoder: Optional[str] = ENCODER,
-    layer: List[str] = typer.Option(
-        None, "--layer", "-l",
-        help="Layer; repeat (default: the checkpoint's, else backbone and head where it exists).",
-        autocompletion=complete_layer,
-    ),
+    layer: List[str] = LAYERS,
     weights: Optional[Path] = WEIGHTS,
-    preprocessing: Optional[str] = typer.Option(
-        None, "--preprocessing", help="native or rcdm (default: the checkpoint's, else native)."
-    ),
-    augmentation: List[str] = typer.Option(
-        None, "--augmentation", "-a", help="Augmentation; repeat (default: all).", autocompletion=complete_augmentation
-    ),
+    preprocessing: Optional[str] = PREPROCESSING,
+    augmentation: List[str] = AUGMENTATION,
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Use the first N images only."),
     n: int = typer.Option(4, "-n", "--num-samples", help="Samples per augmentation with --checkpoint."),
     steps: str = STEPS,
