@@ -7,7 +7,7 @@ import functools
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
@@ -70,7 +70,7 @@ WEIGHT_SET = typer.Option(
 class ModelChoice:
     """Which model a command samples, and the representation that conditions it."""
 
-    checkpoint: Optional[str] = None
+    checkpoint: Optional[str] | list[str] = None  # a list where a command repeats it (model_and_sampling's overrides)
     encoder: Optional[str] = None
     layer: Optional[str] = None
     weights: Optional[Path] = None
@@ -126,7 +126,7 @@ _SAMPLING_PARAMS = {
 }
 
 
-def model_and_sampling(command: Callable) -> Callable:
+def model_and_sampling(command: Callable | None = None, **overrides: tuple[Any, Any]) -> Callable:
     """Give ``command`` the model and sampling options every sampling command shares.
 
     The command declares a ``model`` and a ``sampling`` parameter; Typer sees, in
@@ -134,9 +134,21 @@ def model_and_sampling(command: Callable) -> Callable:
     command receives them gathered into a :class:`ModelChoice` and a
     :class:`SamplingChoice`. So each option is declared once, with one name, flag,
     help and default for every command, and shell completion sees plain options.
+
+    A command whose meaning of one option differs says so by name:
+    ``@model_and_sampling(checkpoint=(Optional[List[str]], CHECKPOINTS))`` (a
+    repeatable ``--checkpoint``, for commands that compare models).
     """
+    if command is None:
+        return functools.partial(model_and_sampling, **overrides)
+    unknown = set(overrides) - set(_MODEL_PARAMS) - set(_SAMPLING_PARAMS)
+    if unknown:
+        raise TypeError(f"no shared option named {', '.join(sorted(unknown))}")
     signature = inspect.signature(command, eval_str=True)
-    blocks = {"model": _MODEL_PARAMS, "sampling": _SAMPLING_PARAMS}
+    blocks = {
+        block: {name: (*overrides.get(name, entry[:2]), entry[2]) for name, entry in shared.items()}
+        for block, shared in (("model", _MODEL_PARAMS), ("sampling", _SAMPLING_PARAMS))
+    }
     missing = set(blocks) - set(signature.parameters)
     if missing:
         raise TypeError(f"{command.__name__} declares no {', '.join(sorted(missing))} parameter")

@@ -3,7 +3,6 @@ RCDMs keep, and its tables (shared with ``evaluate table --metric attributes``).
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
@@ -40,22 +39,7 @@ RESULTS = typer.Option(
 JSON = typer.Option(False, "--json", help="Print the results as JSON on stdout.")
 
 
-def repeatable_checkpoint(command):
-    """Comparing representations means several models in one run, so here --checkpoint
-    repeats (with its own help) where the shared model block has one; the command
-    finds the list in ``model.checkpoint``."""
-    signature = inspect.signature(command)
-    params = [
-        p.replace(default=CHECKPOINTS, annotation=Optional[List[str]]) if p.name == "checkpoint" else p
-        for p in signature.parameters.values()
-    ]
-    command.__signature__ = signature.replace(parameters=params)
-    command.__annotations__ = {**command.__annotations__, "checkpoint": Optional[List[str]]}
-    return command
-
-
-@repeatable_checkpoint
-@model_and_sampling
+@model_and_sampling(checkpoint=(Optional[List[str]], CHECKPOINTS))  # repeatable: it compares models
 def evaluate_attributes(
     images: List[str] = typer.Argument(
         ..., help="Conditioning images: files, folders, globs, or - to read paths from stdin."
