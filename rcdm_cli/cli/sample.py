@@ -53,35 +53,22 @@ def sample(
     For each input: every sample as a PNG, a labelled grid (the input first), and a
     manifest.json for the whole run; with several inputs, an overview.png of them all.
     """
-    from rcdm_cli.cli.common import prepare_run, report_written, warn_if_ignored
+    from rcdm_cli.cli.common import prepare_run, report_written
     from rcdm_cli.fileio import check_writable
-    from rcdm_cli.inputs import check_image, expand_inputs
-    from rcdm_cli.outputs import SampleLayout, unique_names
+    from rcdm_cli.inputs import check_image
+    from rcdm_cli.outputs import SampleLayout
     from rcdm_cli.pipeline.conditioning import check_vectors
     from rcdm_cli.pipeline.stream import SampleStream
     from rcdm_cli.tensorfile import load_tensor, provenance
 
-    if images and rep:
-        raise UsageError("give conditioning images or --rep, not both")
-    if not images and not rep:
-        raise UsageError("give conditioning images (files, folders, globs or -) or --rep")
-    if rep and model.names_an_encoder:
-        raise UsageError("--encoder, --layer, --weights and --preprocessing apply to image inputs, not to --rep")
-
     # 1. Everything that can be checked without loading weights is checked first.
-    inputs = expand_inputs(images) if images else []
-    random_count = parse_random_rep(rep) if rep else None
-    reps = _load_vectors(rep) if rep and random_count is None else None
+    inputs, reps, random_count = _conditioning(images, rep, model)
     run, options, diffusion = prepare_run(
         model, sampling, n, reps=reps, images=bool(inputs), rep_dim=reps.shape[1] if reps is not None else None
     )
     if reps is not None:
         check_vectors(run.meta, provenance(rep), rep)
-    if inputs:
-        names = unique_names([p.stem for p in inputs])
-    else:
-        recorded = provenance(rep) if reps is not None else None
-        names = vector_names(recorded, len(reps) if reps is not None else random_count)
+    names = _output_names(inputs, rep, reps, random_count)
     stream = SampleStream(  # random vectors (neither images nor reps) are drawn from the seed as it starts
         run, options, diffusion.num_timesteps, SampleLayout(out, names, n, overview=len(names) > 1), images=inputs,
         reps=reps, noise=load_tensor(noise, preferred=("noise",)) if noise else None, save_tensors=save_tensors_,
@@ -94,20 +81,7 @@ def sample(
     check_writable(stream.planned(), overwrite)
 
     # 2. Representations, then samples, a part at a time (rcdm_cli.pipeline.stream).
-    stream.load(status)
-    try:
-        with StepProgress(f"sampling {len(names) * n} images", stream.total_steps) as bar:
-            final = stream.sample(
-                progress=lambda p: bar.update(p.done, p.describe()),
-                on_first_part=lambda first: warn_if_ignored(run, first, options),
-            )
-    except BaseException:
-        if stream.written:  # the finished inputs' manifest is written; say that the run is not whole
-            log.warning(
-                "stopped after %d of %d input(s); their files and an incomplete manifest are in %s",
-                len(stream.written), len(names), out,
-            )
-        raise
+    final = _run_stream(stream, run, options, out)
     if json_out:
         print_json(final)
     overview = " and an overview" if final["overview"] else ""
@@ -115,6 +89,52 @@ def sample(
         f"{len(names) * n} sample(s), {len(names)} grid(s){overview}", out, stream.timings["sample_seconds"],
         stream.layout.manifest_path,
     )
+
+
+def _conditioning(images: list[str] | None, rep: str | None, model: ModelChoice):
+    """The image inputs, or the vectors of --rep (None for random:K), and K."""
+    from rcdm_cli.inputs import expand_inputs
+
+    if images and rep:
+        raise UsageError("give conditioning images or --rep, not both")
+    if not images and not rep:
+        raise UsageError("give conditioning images (files, folders, globs or -) or --rep")
+    if rep and model.names_an_encoder:
+        raise UsageError("--encoder, --layer, --weights and --preprocessing apply to image inputs, not to --rep")
+    inputs = expand_inputs(images) if images else []
+    random_count = parse_random_rep(rep) if rep else None
+    reps = _load_vectors(rep) if rep and random_count is None else None
+    return inputs, reps, random_count
+
+
+def _output_names(inputs, rep: str | None, reps, random_count: int | None) -> list[str]:
+    from rcdm_cli.outputs import unique_names
+    from rcdm_cli.tensorfile import provenance
+
+    if inputs:
+        return unique_names([p.stem for p in inputs])
+    recorded = provenance(rep) if reps is not None else None
+    return vector_names(recorded, len(reps) if reps is not None else random_count)
+
+
+def _run_stream(stream, run, options, out: Path) -> dict:
+    """The stream under a progress bar; stopped, a line that says what it finished."""
+    from rcdm_cli.cli.common import warn_if_ignored
+
+    stream.load(status)
+    try:
+        with StepProgress(f"sampling {len(stream.layout.names) * stream.layout.n} images", stream.total_steps) as bar:
+            return stream.sample(
+                progress=lambda p: bar.update(p.done, p.describe()),
+                on_first_part=lambda first: warn_if_ignored(run, first, options),
+            )
+    except BaseException:
+        if stream.written:  # the finished inputs' manifest is written; say that the run is not whole
+            log.warning(
+                "stopped after %d of %d input(s); their files and an incomplete manifest are in %s",
+                len(stream.written), len(stream.layout.names), out,
+            )
+        raise
 
 
 def _load_vectors(rep: str):
