@@ -41,20 +41,10 @@ def arith(
     from rcdm_cli.fileio import check_writable, write_json
     from rcdm_cli.inputs import load_image
     from rcdm_cli.outputs import SampleLayout
-    from rcdm_cli.pipeline.arithmetic import AttributeTransfer, Combination, write_arith
-
-    transfer = any(v is not None for v in (attribute_from, neighbors, target))
-    if transfer and expression:
-        raise UsageError("give an expression or --attribute-from/--neighbors/--target, not both")
-    if not transfer and not expression:
-        raise UsageError("give an expression such as \"a.jpg - b.jpg + c.jpg\" (or --attribute-from/--neighbors/--target)")
-    if transfer and None in (attribute_from, neighbors, target):
-        raise UsageError("attribute transfer needs all of --attribute-from, --neighbors and --target")
-    if transfer and rescale:
-        raise UsageError("--rescale applies to expressions; attribute transfer keeps the representations' own scale")
+    from rcdm_cli.pipeline.arithmetic import write_arith
 
     # Parse and check every input before loading anything.
-    recipe = AttributeTransfer(attribute_from, neighbors, target, k, n_common) if transfer else Combination(expression, rescale)
+    recipe = _recipe(expression, rescale, attribute_from, neighbors, target, k, n_common)
     run, options, diffusion = prepare_run(model, sampling, n)
     pictures = [load_image(p) for p in recipe.operands]
     recipe.check()
@@ -80,3 +70,20 @@ def arith(
         f"{n} sample(s) of each of {len(recipe.names)} representation(s), their grids and an overview", out,
         result.seconds, layout.manifest_path,
     )
+
+
+def _recipe(expression, rescale, attribute_from, neighbors, target, k: int, n_common: int):
+    """What to sample: an expression, or the attribute transfer (all three of its
+    options), never both."""
+    from rcdm_cli.pipeline.arithmetic import AttributeTransfer, Combination
+
+    transfer = any(v is not None for v in (attribute_from, neighbors, target))
+    if transfer and expression:
+        raise UsageError("give an expression or --attribute-from/--neighbors/--target, not both")
+    if not transfer and not expression:
+        raise UsageError("give an expression such as \"a.jpg - b.jpg + c.jpg\" (or --attribute-from/--neighbors/--target)")
+    if transfer and None in (attribute_from, neighbors, target):
+        raise UsageError("attribute transfer needs all of --attribute-from, --neighbors and --target")
+    if transfer and rescale:
+        raise UsageError("--rescale applies to expressions; attribute transfer keeps the representations' own scale")
+    return AttributeTransfer(attribute_from, neighbors, target, k, n_common) if transfer else Combination(expression, rescale)
