@@ -105,6 +105,7 @@ class _Warnings(Reporter):
         self.warnings.append(message)
 
 
+@pytest.mark.slow
 def test_a_short_run_without_warm_up_ignores_its_conditioning_and_says_so(pictures, tmp_path, capsys):
     out = tmp_path / "plain"
     reporter = _Warnings()

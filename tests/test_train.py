@@ -804,6 +804,7 @@ def test_previews_say_that_they_are_sampled_and_how_far_they_are(shapes, tmp_pat
     assert previews == [(k, 25) for k in range(1, 26)]  # one batch of four: the 25 DDIM steps
 
 
+@pytest.mark.slow
 def test_the_command_shows_the_previews_progress_and_what_it_wrote(capsys, shapes, tmp_path):
     out = tmp_path / "run"
     code, _, err = rcdm(
