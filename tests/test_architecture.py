@@ -94,3 +94,12 @@ def test_the_engine_and_the_library_do_not_import_the_command_line():
             if bad:
                 offenders.append(f"{path.relative_to(REPO)}: {', '.join(sorted(bad))}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_every_package_is_in_the_wheel():
+    """pyproject.toml lists the packages by name: a new sub-package left out installs
+    as a missing module, which an editable install (as tests run) never shows."""
+    block = re.search(r"^packages = \[(.*?)\]", (REPO / "pyproject.toml").read_text(), re.S | re.M).group(1)
+    listed = set(re.findall(r'"([\w.]+)"', block))
+    found = {".".join(path.parent.relative_to(REPO).parts) for path in PACKAGE.rglob("__init__.py")} | {"rcdm_plugins"}
+    assert found == listed, f"not shipped: {sorted(found - listed)}; listed but absent: {sorted(listed - found)}"
