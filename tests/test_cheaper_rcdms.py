@@ -149,6 +149,8 @@ def test_a_model_that_follows_its_conditioning_gets_no_warning(following, tiny_c
     assert "ignores" not in err
     code, _, err = rcdm(capsys, "sample", *args, "-c", tiny_checkpoint, "-o", tmp_path / "t")
     assert code == 0 and "ignores its conditioning: its image changes by 0.06 grey levels" in err
+    code, _, err = rcdm(capsys, "sample", *args, "-c", "init:tiny", "-o", tmp_path / "u")
+    assert code == 0 and "ignores" not in err  # untrained by request: no warning, and no check to pay for
 
 
 def test_the_conditioning_effect_is_zero_for_a_model_blind_to_its_representation(following):
