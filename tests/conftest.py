@@ -57,6 +57,18 @@ def _deterministic_threads():
     yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny models (training steps, small
+    networks): a second thread gains little there, and on a shared 2-core machine a
+    spinning second thread slowed such steps several-fold. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """An rcdm checkpoint of the `tiny` preset on 8-d representations, no encoder."""

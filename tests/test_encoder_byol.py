@@ -31,15 +31,7 @@ from synthetic import resnet50_state, state_from_shapes
 DIMS = {"backbone": 2048, "layer3": 1024, "head": 256}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The inputs here are small, so a second thread gains little, and on a busy
-    machine every parallel op waits for it to be scheduled: one thread keeps this
-    module fast whatever else is running."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 HK = "res_net50/~/"
 STEPS = 312800  # 1000 epochs of ImageNet at batch 4096
 STAGES = ((3, 64, 256), (4, 256, 512), (6, 512, 1024), (3, 1024, 2048))
