@@ -77,7 +77,7 @@ def test_encoder_names(text, parsed):
 )
 def test_bad_encoder_names(name, message):
     with pytest.raises(UsageError, match=re.escape(message)):
-        get_registry().layers(name)
+        get_registry().describe(name)
 
 
 class _PluginA:

@@ -28,7 +28,7 @@ from rcdm_cli.encoders.encoder import Encoder
 from rcdm_cli.encoders.hooks import ENTRY_POINT_GROUP, PROJECT, PluginHooks
 from rcdm_cli.encoders.names import EncoderName
 from rcdm_cli.encoders.resolve import ResolvedEncoder, display_name, resolve_preprocessing, unknown_layer
-from rcdm_cli.encoders.spec import EncoderSpec, FamilyMember, Layer
+from rcdm_cli.encoders.spec import EncoderSpec, FamilyMember
 from rcdm_cli.errors import RcdmError, UsageError
 from rcdm_cli.preprocessing import Preprocessing
 
@@ -78,9 +78,6 @@ class Lookup(NamedTuple):
 
 class DuplicateNameError(RcdmError):
     """Two plugins registered one name: which one the user meant cannot be guessed."""
-
-
-Layers = dict[str, Layer]
 
 
 class EncoderRegistry:
@@ -210,12 +207,6 @@ class EncoderRegistry:
             return FamilyMember(dict(spec.layers), spec.preprocessing, tuple(spec.weights))
         member = FamilyMember.of(spec.describe(parsed.argument))
         return member._replace(layers=dict(member.layers))
-
-    def layers(self, name: str | EncoderName) -> tuple[Layers, Preprocessing]:
-        """An encoder's layers (name -> :class:`Layer`) and native preprocessing,
-        without building it."""
-        layers, native, _ = self.describe(name)
-        return layers, native
 
     def catalog(self) -> list[dict[str, Any]]:
         """Everything ``rcdm encoders`` shows, one dict per encoder (a family as one
